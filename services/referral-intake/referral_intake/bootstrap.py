@@ -1,0 +1,62 @@
+"""Composition root of referral-intake: the one place that builds it from settings."""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask
+
+from servicekit import crypto, kafka as kafkakit, logs
+from servicekit.auth import TokenVerifier, init_auth
+from servicekit.db import Database
+from servicekit.runtime import WorkerSpec
+from servicekit.settings import Settings
+from servicekit.web import create_base_app
+
+from . import api, consumers, domain, handlers
+from .tables import metadata
+
+SERVICE = "referral-intake"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def load_settings() -> Settings:
+    return Settings.from_env(SERVICE)
+
+
+def build_context(settings: Settings) -> handlers.Context:
+    keyring = crypto.Keyring.load(settings.get("PII_KEYRING"),
+                                  Path(settings.get("PII_KEYRING_FILE")), create=True)
+    return handlers.Context(
+        keyring=keyring,
+        ttl=domain.OfferTtl(emergency=timedelta(seconds=settings.int("OFFER_TTL_EMERGENCY_S")),
+                            urgent=timedelta(seconds=settings.int("OFFER_TTL_URGENT_S")),
+                            routine=timedelta(seconds=settings.int("OFFER_TTL_ROUTINE_S"))),
+        pseudonym_key=keyring.derive_key("officer-pseudonym"),
+    )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
+    db = Database(settings.database_url, metadata)
+
+    def database() -> None:
+        db.ping()
+
+    def broker() -> None:
+        kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=2)
+
+    app, smorest = create_base_app(SERVICE, readiness=[database, broker])
+    app.extensions["db"] = db
+    app.extensions["intake_ctx"] = build_context(settings)
+    init_auth(app, TokenVerifier.from_settings(settings))
+    api.register(smorest)
+    return app
+
+
+def worker(settings: Settings | None = None) -> tuple[Database, WorkerSpec]:
+    settings = settings or load_settings()
+    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
+    db = Database(settings.database_url, metadata)
+    return db, WorkerSpec(consumers=consumers.consumer_specs(build_context(settings)))

@@ -1,0 +1,176 @@
+"""Transactional outbox and its relay.
+
+Handlers call :func:`emit` inside their unit of work: the event row commits or rolls back
+with the state change. The relay publishes committed rows in id order and marks them sent
+only after the broker acknowledged them (acks=all), so a crash between the two publishes a
+row again (consumers deduplicate by event id) but never loses one.
+
+On PostgreSQL several relays can run side by side: each claims rows with
+``FOR UPDATE SKIP LOCKED`` and leaves alone any key whose earlier unsent rows another relay
+holds, which keeps per-aggregate order. SQLite (embedded mode) has one relay per file.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from kafka import KafkaProducer
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from . import events, logs
+from .db import Database
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("outbox_published_total", "Events published by the outbox relay", ["topic"])
+PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Failed outbox publish attempts")
+BACKLOG = Gauge("outbox_backlog", "Unsent outbox rows seen by the relay")
+RELAY_LAG = Histogram("outbox_relay_delay_seconds", "Commit-to-publish delay of outbox rows",
+                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+def _tables(session: Session) -> tuple[Table, Table]:
+    md = session.info["metadata"]
+    return md.tables["outbox"], md.tables["event_sequence"]
+
+
+def next_sequence(session: Session, subject: str) -> int:
+    """Atomically take the next per-aggregate sequence number (row-locked until commit)."""
+    _, seq = _tables(session)
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(seq).values(subject=subject, last_sequence=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[seq.c.subject], set_={"last_sequence": seq.c.last_sequence + 1}
+    ).returning(seq.c.last_sequence)
+    return int(session.execute(stmt).scalar_one())
+
+
+def emit(session: Session, event_type: str, *, subject: str, data: dict[str, Any],
+         source: str) -> events.Envelope:
+    """Write one public event to the outbox inside the caller's transaction."""
+    env = events.new_event(
+        event_type, subject=subject, sequence=next_sequence(session, subject), data=data,
+        source=source, correlation_id=logs.correlation_id.get(),
+        causation_id=logs.causation_id.get(),
+    )
+    add(session, env)
+    return env
+
+
+def add(session: Session, env: events.Envelope) -> None:
+    outbox, _ = _tables(session)
+    headers = [[k, v.decode()] for k, v in events.headers_for(env, None)]
+    session.execute(outbox.insert().values(
+        event_id=env.id, topic=env.topic, key=env.subject, event_type=env.type,
+        payload=events.encode(env), headers=headers, created_at=datetime.now(timezone.utc),
+    ))
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows; run one or more per service."""
+
+    def __init__(self, db: Database, producer: KafkaProducer, *, batch_size: int = 200,
+                 poll_interval_s: float = 0.01, send_timeout_s: float = 30.0):
+        self.db = db
+        self.producer = producer
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.send_timeout_s = send_timeout_s
+        self.outbox: Table = db.metadata.tables["outbox"]
+        # Test hook: called after the broker acknowledged and before rows are marked sent.
+        self.after_send: Callable[[list[int]], None] | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                sent = self.run_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                PUBLISH_ERRORS.inc()
+                log.exception("outbox relay round failed", extra=logs.log_fields(attempt=failures))
+                stop.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                continue
+            if sent == 0:
+                stop.wait(self.poll_interval_s)
+
+    def run_once(self) -> int:
+        """Claim, publish and mark one batch. Returns how many rows were published."""
+        with self.db.uow() as uow:
+            rows = self._claim(uow.session)
+            if not rows:
+                BACKLOG.set(0)
+                return 0
+            done = self._publish(rows)
+            if self.after_send is not None:
+                self.after_send(done)
+            if done:
+                uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(done))
+                                    .values(sent_at=datetime.now(timezone.utc)))
+            failed = [r.id for r in rows if r.id not in set(done)]
+            if failed:
+                uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(failed))
+                                    .values(attempts=self.outbox.c.attempts + 1,
+                                            last_error="publish failed"))
+            uow.commit()
+        return len(done)
+
+    def _claim(self, session: Session) -> list[Any]:
+        o = self.outbox
+        query = (select(o.c.id, o.c.topic, o.c.key, o.c.payload, o.c.headers, o.c.created_at)
+                 .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(self.batch_size))
+        if session.get_bind().dialect.name != "postgresql":
+            return list(session.execute(query))
+        rows = list(session.execute(query.with_for_update(skip_locked=True)))
+        if not rows:
+            return rows
+        # Keep per-key order: skip keys whose older unsent rows are claimed by another relay.
+        first_mine: dict[str, int] = {}
+        for r in rows:
+            first_mine.setdefault(r.key, r.id)
+        oldest = dict(session.execute(
+            select(o.c.key, func.min(o.c.id)).where(o.c.sent_at.is_(None),
+                                                    o.c.key.in_(list(first_mine)))
+            .group_by(o.c.key)).all())
+        return [r for r in rows if oldest.get(r.key, r.id) >= first_mine[r.key]]
+
+    def _publish(self, rows: list[Any]) -> list[int]:
+        futures = []
+        for r in rows:
+            headers = [(k, v.encode()) for k, v in r.headers]
+            futures.append((r, self.producer.send(r.topic, key=r.key.encode(), value=r.payload,
+                                                  headers=headers)))
+        self.producer.flush(timeout=self.send_timeout_s)
+        done: list[int] = []
+        broken: set[str] = set()
+        now = datetime.now(timezone.utc)
+        for r, fut in futures:
+            ok = fut.is_done and fut.succeeded()
+            if ok and r.key not in broken:
+                done.append(r.id)
+                PUBLISHED.labels(r.topic).inc()
+                created = r.created_at if r.created_at.tzinfo else r.created_at.replace(
+                    tzinfo=timezone.utc)
+                RELAY_LAG.observe(max(0.0, (now - created).total_seconds()))
+            else:
+                # An older event of this key failed: later ones wait, so order is kept.
+                broken.add(r.key)
+        if broken:
+            PUBLISH_ERRORS.inc()
+            log.warning("outbox publish incomplete", extra=logs.log_fields(failed_keys=len(broken)))
+        return done
+
+
+def backlog(db: Database) -> int:
+    o = db.metadata.tables["outbox"]
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(o.c.sent_at.is_(None))).scalar_one())
+

@@ -1,0 +1,119 @@
+"""Process runtime: the worker loop (outbox relay, consumers, timers) and the api server.
+
+A worker runs each component in a thread; SIGTERM/SIGINT set one stop event, every
+component finishes the message in hand, commits its offsets and returns. If a component
+dies, the others are stopped and the process exits non-zero so a supervisor restarts it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from . import kafka as kafkakit
+from .consumer import ConsumerRunner, Handler, RunnerConfig
+from .db import Database
+from .outbox import OutboxRelay
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerSpec:
+    name: str  # inbox consumer name and consumer group id
+    topics: list[str]
+    handlers: Mapping[str, Handler]
+
+
+@dataclass
+class WorkerSpec:
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+    timers: list[Callable[[threading.Event], None]] = field(default_factory=list)
+    relay: bool = True
+
+
+def runner_config(settings: Settings) -> RunnerConfig:
+    return RunnerConfig(max_retries=settings.int("CONSUMER_MAX_RETRIES"),
+                        backoff_s=settings.int("CONSUMER_RETRY_BACKOFF_MS") / 1000,
+                        dlq_max_per_minute=settings.int("CONSUMER_DLQ_MAX_PER_MINUTE"))
+
+
+def build_components(settings: Settings, db: Database, spec: WorkerSpec
+                     ) -> list[tuple[str, Callable[[threading.Event], None]]]:
+    kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=60)
+    kafkakit.bootstrap_topics(settings.kafka_bootstrap_servers,
+                              settings.int("KAFKA_TOPIC_PARTITIONS"),
+                              settings.int("KAFKA_REPLICATION_FACTOR"))
+    producer = kafkakit.make_producer(settings.kafka_bootstrap_servers,
+                                      client_id=f"{settings.service}-producer")
+    parts: list[tuple[str, Callable[[threading.Event], None]]] = []
+    if spec.relay:
+        relay = OutboxRelay(db, producer, batch_size=settings.int("OUTBOX_BATCH_SIZE"),
+                            poll_interval_s=settings.int("OUTBOX_POLL_INTERVAL_MS") / 1000)
+        parts.append(("outbox-relay", relay.run))
+    for c in spec.consumers:
+        runner = ConsumerRunner(name=c.name, db=db,
+                                consumer=kafkakit.make_consumer(settings, c.name),
+                                producer=producer, topics=c.topics, handlers=c.handlers,
+                                config=runner_config(settings))
+        parts.append((f"consumer-{c.name}", runner.run))
+    for timer in spec.timers:
+        parts.append((f"timer-{getattr(timer, '__name__', 'timer')}", timer))
+    return parts
+
+
+def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
+    stop = threading.Event()
+    failed = threading.Event()
+
+    def _signal(signum: int, _frame: Any) -> None:
+        log.info("stopping", extra={"fields": {"signal": signum}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+
+    def _guard(name: str, target: Callable[[threading.Event], None]) -> None:
+        try:
+            target(stop)
+        except Exception:  # noqa: BLE001 - reported and turned into an exit code
+            log.exception("worker component died", extra={"fields": {"component": name}})
+            failed.set()
+            stop.set()
+
+    threads = [threading.Thread(target=_guard, args=(n, t), name=n, daemon=True)
+               for n, t in build_components(settings, db, spec)]
+    for t in threads:
+        t.start()
+    log.info("worker started", extra={"fields": {"components": [t.name for t in threads]}})
+    while not stop.wait(0.5):
+        pass
+    for t in threads:
+        t.join(timeout=30)
+    db.dispose()
+    return 1 if failed.is_set() else 0
+
+
+def serve_api(app_factory: Callable[[], Any], settings: Settings) -> None:
+    """Serve a Flask app under gunicorn (gthread workers)."""
+    from gunicorn.app.base import BaseApplication
+
+    class _App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            host = settings.get("API_HOST")
+            self.cfg.set("bind", f"{host}:{settings.port}")
+            self.cfg.set("workers", settings.int("WEB_CONCURRENCY"))
+            self.cfg.set("threads", settings.int("WEB_THREADS"))
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Any:
+            return app_factory()
+
+    sys.argv = sys.argv[:1]
+    _App().run()

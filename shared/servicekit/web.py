@@ -1,0 +1,243 @@
+"""Flask helpers every service api uses.
+
+``create_base_app`` gives a Flask app with: RFC 9457 problem+json errors for everything
+(validation, auth, HTTP errors, unexpected failures), request and correlation ids, a 64 KB
+body limit and a JSON content-type check, security headers, Prometheus ``/metrics``,
+``/healthz`` and ``/readyz`` (database and broker), and OpenAPI at ``/openapi.json``
+(flask-smorest). Idempotency-Key support lives in :mod:`servicekit.idempotency`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from datetime import date, datetime
+from typing import Any, Callable
+
+from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from flask_smorest import Api
+from marshmallow import ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from . import logs
+from .auth import AuthError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+PROBLEM_JSON = "application/problem+json"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "endpoint", "method",
+                                                            "status"])
+LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency",
+                    ["service", "endpoint", "method"])
+
+
+def json_default(value: Any) -> Any:
+    """ISO 8601 for dates and times (UTC shown as Z), str for UUIDs and the like."""
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+class IsoJSONProvider(DefaultJSONProvider):
+    sort_keys = False
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        return json_default(o)
+
+
+class Problem(Exception):
+    """An error answered as application/problem+json."""
+
+    def __init__(self, status: int, title: str, detail: str = "", *, type_: str = "about:blank",
+                 errors: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+        self.type, self.errors, self.headers = type_, errors, headers or {}
+
+
+def problem_response(status: int, title: str, detail: str = "", *, type_: str = "about:blank",
+                     errors: Any = None, headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    rid = logs.request_id.get()
+    if rid:
+        body["instance"] = f"urn:request:{rid}"
+    resp = jsonify(body)
+    resp.status_code = status
+    resp.mimetype = PROBLEM_JSON
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _field_paths(errors: Any, prefix: str = "") -> list[str]:
+    if not isinstance(errors, dict):
+        return [prefix] if prefix else []
+    out: list[str] = []
+    for key, value in errors.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.extend(_field_paths(value, path) if isinstance(value, dict) else [path])
+    return out
+
+
+def validation_problem(messages: Any) -> Response:
+    if isinstance(messages, dict) and set(messages) <= {"json", "query", "headers", "form",
+                                                        "files", "path", "view_args"}:
+        flat: dict[str, Any] = {}
+        for loc in messages.values():
+            if isinstance(loc, dict):
+                flat.update(loc)
+        messages = flat
+    fields = _field_paths(messages)
+    detail = "Invalid or unknown fields: " + ", ".join(fields) if fields else "Invalid request"
+    return problem_response(422, "Unprocessable Content", detail, type_="/problems/validation",
+                            errors=messages if isinstance(messages, dict) else {"_": messages})
+
+
+class ProblemApi(Api):  # type: ignore[misc]
+    """flask-smorest Api whose HTTP errors are problem+json."""
+
+    def handle_http_exception(self, error: HTTPException) -> Response:
+        data = getattr(error, "data", None) or {}
+        if error.code == 422 and "messages" in data:
+            return validation_problem(data["messages"])
+        if error.code == 400 and "messages" in data:
+            return problem_response(400, "Bad Request", "Malformed JSON body",
+                                    type_="/problems/malformed-json")
+        if error.code == 413:
+            return problem_response(413, "Content Too Large",
+                                    f"Request body exceeds {MAX_BODY_BYTES} bytes")
+        code = error.code or 500
+        detail = data.get("message") or (error.description if code < 500 else "")
+        return problem_response(code, error.name, str(detail or ""),
+                                headers=dict(data.get("headers", {})))
+
+
+def create_base_app(service: str, *, version: str = "1.0", readiness: list[Callable[[], None]]
+                    | None = None, non_json_endpoints: tuple[str, ...] = ()) -> tuple[Flask, Api]:
+    app = Flask(service)
+    app.json = IsoJSONProvider(app)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE=service,
+        API_VERSION=version,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    api = ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}}})
+    app.extensions["service_name"] = service
+    app.extensions["problem_api"] = api
+    _install_request_hooks(app, service, non_json_endpoints)
+    _install_error_handlers(app)
+    _install_ops_routes(app, readiness or [])
+    return app, api
+
+
+def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) -> None:
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        rid = rid if _SAFE_ID.match(rid) else str(uuid.uuid4())
+        corr = request.headers.get("X-Correlation-ID", "")
+        corr = corr if _SAFE_ID.match(corr) else rid
+        g.log_tokens = (logs.request_id.set(rid), logs.correlation_id.set(corr))
+        if request.method in ("POST", "PUT", "PATCH") and request.endpoint not in non_json:
+            length = request.content_length
+            if length is not None and length > MAX_BODY_BYTES:
+                return problem_response(413, "Content Too Large",
+                                        f"Request body exceeds {MAX_BODY_BYTES} bytes")
+            has_body = bool(length) or request.headers.get("Transfer-Encoding") == "chunked"
+            if has_body and not request.is_json:
+                return problem_response(415, "Unsupported Media Type",
+                                        "Content-Type must be application/json")
+        return None
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        REQUESTS.labels(service, endpoint, request.method, str(resp.status_code)).inc()
+        LATENCY.labels(service, endpoint, request.method).observe(elapsed)
+        resp.headers["X-Request-ID"] = logs.request_id.get() or ""
+        resp.headers["X-Correlation-ID"] = logs.correlation_id.get() or ""
+        resp.headers.setdefault("Cache-Control", "no-store")
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        if endpoint not in ("/metrics", "/healthz", "/readyz"):
+            log.info("request", extra=logs.log_fields(
+                method=request.method, endpoint=endpoint, status=resp.status_code,
+                ms=round(elapsed * 1000, 1)))
+        return resp
+
+    @app.teardown_request
+    def _reset(_exc: BaseException | None) -> None:
+        tokens = g.pop("log_tokens", None)
+        if tokens:
+            logs.request_id.reset(tokens[0])
+            logs.correlation_id.reset(tokens[1])
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.title, exc.detail, type_=exc.type,
+                                errors=exc.errors, headers=exc.headers)
+
+    @app.errorhandler(AuthError)
+    def _auth(exc: AuthError) -> Response:
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else {}
+        return problem_response(exc.status, title, exc.reason, headers=headers)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Response:
+        return validation_problem(exc.messages)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return app.extensions["problem_api"].handle_http_exception(exc)
+        log.error("unhandled error", exc_info=exc)
+        return problem_response(500, "Internal Server Error", "An unexpected error occurred")
+
+
+def _install_ops_routes(app: Flask, readiness: list[Callable[[], None]]) -> None:
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        failed = []
+        for check in readiness:
+            try:
+                check()
+            except Exception:  # noqa: BLE001 - reported, not raised
+                failed.append(getattr(check, "__name__", "check"))
+        if failed:
+            return problem_response(503, "Service Unavailable",
+                                    "Not ready: " + ", ".join(failed))
+        return jsonify(status="ready")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
