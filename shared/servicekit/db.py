@@ -186,3 +186,24 @@ def run_migrations(url: str, migrations_dir: Path, revision: str = "head") -> No
     if is_sqlite(url):
         make_engine(url).dispose()  # creates the parent directory
     command.upgrade(cfg, revision)
+
+
+def alembic_env(metadata: MetaData) -> None:
+    """Body of every service's ``migrations/env.py`` (online and offline modes)."""
+    from alembic import context
+
+    cfg = context.config
+    url = cfg.attributes.get("database_url") or cfg.get_main_option("sqlalchemy.url")
+    batch = is_sqlite(url)
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=metadata, literal_binds=True,
+                          render_as_batch=batch)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(url, hide_parameters=True)
+    with engine.connect() as conn:
+        context.configure(connection=conn, target_metadata=metadata, render_as_batch=batch)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()

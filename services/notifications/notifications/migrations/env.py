@@ -1,0 +1,5 @@
+from servicekit.db import alembic_env
+
+from notifications.tables import metadata
+
+alembic_env(metadata)
