@@ -1,0 +1,223 @@
+"""The kit's delivery guarantees against the real PostgreSQL and the real broker."""
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import Column, Integer, String, Table, func, select
+from sqlalchemy.orm import Session
+
+from servicekit import events, kafka as kafkakit, outbox
+from servicekit.consumer import PROCESSED, ConsumerRunner, RunnerConfig
+from servicekit.db import Database, add_kit_tables, new_metadata
+from servicekit.outbox import OutboxRelay
+from servicekit.settings import Settings
+from servicekit.testing import Infrastructure, iter_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+metadata = new_metadata()
+add_kit_tables(metadata)
+effects = Table("effects", metadata, Column("id", Integer, primary_key=True, autoincrement=True),
+                Column("referral_id", String(36), nullable=False))
+
+
+@pytest.fixture
+def db(infra: Infrastructure) -> Iterator[Database]:
+    database = Database(infra.new_database("kit"), metadata)
+    metadata.create_all(database.engine)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def settings(infra: Infrastructure, tmp_path: Any) -> Settings:
+    return Settings.from_env("matching", {"KAFKA_BOOTSTRAP_SERVERS": infra.kafka,
+                                          "VAR_DIR": str(tmp_path)})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def topics(infra: Infrastructure) -> None:
+    kafkakit.bootstrap_topics(infra.kafka, partitions=3)
+
+
+def _erased(referral_id: str) -> dict[str, Any]:
+    return {"referral_id": referral_id, "occurred_at": "2026-01-01T00:00:00Z"}
+
+
+def _emit(session: Session, referral_id: str) -> events.Envelope:
+    return outbox.emit(session, events.REFERRAL_ERASED, subject=referral_id,
+                       data=_erased(referral_id), source="test")
+
+
+def _published_ids(infra: Infrastructure, wanted: set[str]) -> list[str]:
+    seen = [events.decode(r.value).id for r in iter_topic(infra.kafka, events.REFERRAL_EVENTS)]
+    return [i for i in seen if i in wanted]
+
+
+def test_relay_publishes_what_committed_and_nothing_rolled_back(db: Database, infra: Infrastructure
+                                                                ) -> None:
+    kept, dropped = str(uuid.uuid4()), str(uuid.uuid4())
+    with db.transaction() as s:
+        committed = _emit(s, kept)
+    with db.uow() as uow:
+        rolled_back = _emit(uow.session, dropped)
+        uow.rollback()
+    relay = OutboxRelay(db, kafkakit.make_producer(infra.kafka))
+    assert relay.run_once() == 1
+    assert relay.run_once() == 0
+    ids = _published_ids(infra, {committed.id, rolled_back.id})
+    assert ids == [committed.id]
+    assert outbox.backlog(db) == 0
+
+
+def test_two_relays_side_by_side_publish_each_row_once_in_key_order(db: Database,
+                                                                    infra: Infrastructure) -> None:
+    referral = str(uuid.uuid4())
+    with db.transaction() as s:
+        envs = [_emit(s, referral) for _ in range(30)]
+    stop = threading.Event()
+    relays = [OutboxRelay(db, kafkakit.make_producer(infra.kafka), batch_size=7)
+              for _ in range(2)]
+    threads = [threading.Thread(target=r.run, args=(stop,)) for r in relays]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: outbox.backlog(db) == 0, message="outbox drained")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    records = [events.decode(r.value) for r in iter_topic(infra.kafka, events.REFERRAL_EVENTS)]
+    mine = [e.sequence for e in records if e.subject == referral]
+    assert mine == sorted(mine)
+    assert sorted(mine) == [e.sequence for e in envs]
+
+
+def _runner(db: Database, settings: Settings, group: str, seen: list[str],
+            fail_on: str | None = None) -> ConsumerRunner:
+    def handler(session: Session, env: events.Envelope) -> None:
+        if env.subject == fail_on:
+            raise RuntimeError("handler bug")
+        session.execute(effects.insert().values(referral_id=env.subject))
+        seen.append(env.subject)
+
+    consumer = kafkakit.make_consumer(settings, group)
+    return ConsumerRunner(name=group, db=db, consumer=consumer,
+                          producer=kafkakit.make_producer(settings.kafka_bootstrap_servers),
+                          topics=[events.REFERRAL_EVENTS],
+                          handlers={events.REFERRAL_ERASED: handler},
+                          config=RunnerConfig(max_retries=2, backoff_s=0.01))
+
+
+def _count(db: Database, referral_id: str) -> int:
+    with db.engine.connect() as c:
+        return int(c.execute(select(func.count()).where(effects.c.referral_id == referral_id))
+                   .scalar_one())
+
+
+def _run_until(runner: ConsumerRunner, predicate: Any, timeout: float = 40) -> None:
+    stop = threading.Event()
+    t = threading.Thread(target=runner.run, args=(stop,))
+    t.start()
+    try:
+        wait_for(predicate, timeout=timeout, message="consumer effect")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+
+def _produce_raw(infra: Infrastructure, key: str, value: bytes) -> None:
+    p = kafkakit.make_producer(infra.kafka)
+    p.send(events.REFERRAL_EVENTS, key=key.encode(), value=value).get(timeout=30)
+    p.close()
+
+
+def test_duplicate_delivery_has_one_effect(db: Database, settings: Settings,
+                                           infra: Infrastructure) -> None:
+    referral = str(uuid.uuid4())
+    env = events.new_event(events.REFERRAL_ERASED, subject=referral, sequence=1,
+                           data=_erased(referral), source="test")
+    for _ in range(3):
+        _produce_raw(infra, referral, events.encode(env))
+    marker = str(uuid.uuid4())
+    _produce_raw(infra, referral, events.encode(events.new_event(
+        events.REFERRAL_ERASED, subject=marker, sequence=1, data=_erased(marker),
+        source="test")))
+    seen: list[str] = []
+    _run_until(_runner(db, settings, f"dup-{uuid.uuid4().hex[:6]}", seen),
+               lambda: _count(db, marker) == 1)
+    assert _count(db, referral) == 1
+
+
+def test_poison_goes_to_dead_letter_with_headers_and_partition_keeps_flowing(
+        db: Database, settings: Settings, infra: Infrastructure) -> None:
+    key = str(uuid.uuid4())
+    _produce_raw(infra, key, b"{not json")
+    after = events.new_event(events.REFERRAL_ERASED, subject=key, sequence=1,
+                             data=_erased(key), source="test")
+    _produce_raw(infra, key, events.encode(after))  # same key: same partition, after poison
+    group = f"poison-{uuid.uuid4().hex[:6]}"
+    _run_until(_runner(db, settings, group, []), lambda: _count(db, key) == 1)
+    dead = [r for r in iter_topic(infra.kafka, events.dlq_topic(events.REFERRAL_EVENTS))
+            if r.key == key.encode()]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["dlq.original_topic"] == events.REFERRAL_EVENTS.encode()
+    assert headers["dlq.consumer_group"] == group.encode()
+    assert int(headers["dlq.original_offset"]) >= 0 and "dlq.original_partition" in headers
+    assert headers["dlq.error"].startswith(b"PoisonMessage")
+    assert dead[0].value == b"{not json"
+
+
+def test_failing_handler_is_retried_then_dead_lettered(db: Database, settings: Settings,
+                                                       infra: Infrastructure) -> None:
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    for rid in (bad, good):
+        _produce_raw(infra, rid, events.encode(events.new_event(
+            events.REFERRAL_ERASED, subject=rid, sequence=1, data=_erased(rid), source="test")))
+    _run_until(_runner(db, settings, f"retry-{uuid.uuid4().hex[:6]}", [], fail_on=bad),
+               lambda: _count(db, good) == 1)
+    dead = [r for r in iter_topic(infra.kafka, events.dlq_topic(events.REFERRAL_EVENTS))
+            if r.key == bad.encode()]
+    assert len(dead) == 1 and b"after 2 attempts" in dict(dead[0].headers)["dlq.error"]
+    assert _count(db, bad) == 0
+
+
+def test_consumer_killed_between_db_commit_and_offset_commit_has_one_effect(
+        db: Database, settings: Settings, infra: Infrastructure) -> None:
+    referral = str(uuid.uuid4())
+    _produce_raw(infra, referral, events.encode(events.new_event(
+        events.REFERRAL_ERASED, subject=referral, sequence=1, data=_erased(referral),
+        source="test")))
+    group = f"crash-{uuid.uuid4().hex[:6]}"
+    crashing = _runner(db, settings, group, [])
+
+    class Killed(BaseException):
+        pass
+
+    def die(_record: Any) -> None:
+        raise Killed()
+
+    crashing.after_db_commit = die
+    stop = threading.Event()
+    with pytest.raises(Killed):
+        crashing.consumer.subscribe(crashing.topics)
+        while not stop.is_set():  # the runner's loop, minus its offset commits
+            for records in crashing.consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    crashing.process(record)
+    crashing.consumer.close(autocommit=False)  # the process died: no offset was committed
+    assert _count(db, referral) == 1
+    seen: list[str] = []
+    restarted = _runner(db, settings, group, seen)
+    marker = str(uuid.uuid4())
+    _produce_raw(infra, marker, events.encode(events.new_event(
+        events.REFERRAL_ERASED, subject=marker, sequence=1, data=_erased(marker),
+        source="test")))
+    _run_until(restarted, lambda: _count(db, marker) == 1)
+    assert _count(db, referral) == 1
+    assert referral not in seen  # the handler did not run again ...
+    assert PROCESSED.labels(group, "duplicate")._value.get() == 1  # ... yet it was redelivered
