@@ -42,6 +42,8 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("VAR_DIR", "./var", "all", "where embedded databases, dev keys and logs live"),
     EnvVar("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "all",
            "Kafka bootstrap servers; `referrals up` starts the embedded broker when unset"),
+    EnvVar("EMBEDDED_KAFKA_PORT", "9092", "cli (up)",
+           "port of the embedded broker `referrals up` starts when KAFKA_BOOTSTRAP_SERVERS is unset"),
     EnvVar("KAFKA_TOPIC_PARTITIONS", "6", "all", "partitions for topics created at bootstrap"),
     EnvVar("KAFKA_REPLICATION_FACTOR", "1", "all", "replication factor for topics created at bootstrap"),
     EnvVar("KAFKA_SESSION_TIMEOUT_MS", "6000", "all", "consumer group session timeout"),
@@ -72,6 +74,8 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("WEB_CONCURRENCY", "1", "all", "gunicorn worker processes per api"),
     EnvVar("WEB_THREADS", "8", "all", "gunicorn threads per worker"),
     *_service_vars(),
+    EnvVar("TEST_DATABASE_URL", "", "tests, bench",
+           "PostgreSQL server for tests (admin URL); else testcontainers, else 127.0.0.1:5432"),
 ]
 
 
@@ -116,3 +120,16 @@ class Settings:
             kafka_bootstrap_servers=values["KAFKA_BOOTSTRAP_SERVERS"],
             values=values,
         )
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    lines = ["| variable | default | read by | what it does |", "|---|---|---|---|"]
+    for v in ENVIRONMENT:
+        default = f"`{v.default}`" if v.default else "(empty)"
+        lines.append(f"| `{v.name}` | {default} | {v.services} | {v.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

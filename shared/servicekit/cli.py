@@ -1,0 +1,143 @@
+"""`referrals`: one command line for the whole system.
+
+    referrals up                      the embedded stack (broker, every api and worker)
+    referrals token --role R --sub S  a dev JWT signed with the embedded dev key
+    referrals seed                    demo providers (and prints demo users' tokens)
+    referrals <service> api|worker|migrate
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import auth, crypto, demo
+from .db import run_migrations
+from .settings import SERVICE_INFO, Settings
+
+SERVICE_MODULES = {
+    "referral-intake": "referral_intake",
+    "provider-registry": "provider_registry",
+    "matching": "matching",
+    "notifications": "notifications",
+}
+ALIASES = {"intake": "referral-intake", "registry": "provider-registry"}
+
+
+def _bootstrap(service: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"{SERVICE_MODULES[service]}.bootstrap")
+
+
+class _Services(click.Group):
+    """Resolves `referrals intake ...`, `referrals referral-intake ...` lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(super().list_commands(ctx) + list(SERVICE_MODULES))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        service = ALIASES.get(name, name)
+        if service in SERVICE_MODULES:
+            return importlib.import_module(f"{SERVICE_MODULES[service]}.__main__").cli
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Services)
+def main() -> None:
+    """Referral routing: officers -> community services, with consent and a closed loop."""
+
+
+@main.command()
+@click.option("--role", required=True, type=click.Choice(auth.ROLES))
+@click.option("--sub", required=True, help="subject: a user id, never a name")
+@click.option("--agency", default=None, help="agency id (officers, supervisors)")
+@click.option("--org", default=None, help="organization id (providers)")
+@click.option("--ttl", default=8 * 3600, show_default=True, help="lifetime in seconds")
+def token(role: str, sub: str, agency: str | None, org: str | None, ttl: int) -> None:
+    """Print a dev JWT signed with the embedded dev key."""
+    settings = Settings.from_env("cli")
+    try:
+        click.echo(auth.mint_dev_token(settings, sub=sub, role=role, agency=agency, org=org,
+                                       ttl_seconds=ttl))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def migrate_all() -> None:
+    for service in SERVICE_MODULES:
+        boot = _bootstrap(service)
+        run_migrations(boot.load_settings().database_url, Path(boot.MIGRATIONS))
+
+
+def demo_tokens(settings: Settings) -> list[tuple[str, str, str]]:
+    return [(role, sub, auth.mint_dev_token(settings, sub=sub, role=role, agency=agency, org=org))
+            for role, sub, agency, org in demo.DEMO_USERS]
+
+
+@main.command()
+def seed() -> None:
+    """Load the demo provider directory (idempotent) and print demo users' tokens."""
+    from provider_registry.seed import seed_demo
+
+    boot = _bootstrap("provider-registry")
+    settings = boot.load_settings()
+    run_migrations(settings.database_url, Path(boot.MIGRATIONS))
+    from provider_registry.tables import metadata
+    from .db import Database
+
+    db = Database(settings.database_url, metadata)
+    seed_demo(db)
+    db.dispose()
+    click.echo("seeded demo providers: " + ", ".join((demo.DEMO_ORG_NAME, demo.DEMO_ORG2_NAME)))
+    for role, sub, tok in demo_tokens(Settings.from_env("cli")):
+        click.echo(f"{role:<10} {sub:<26} {tok}")
+
+
+def _prepare_keys(settings: Settings) -> None:
+    auth.ensure_dev_keypair(Path(settings.get("JWT_PRIVATE_KEY_FILE")),
+                            Path(settings.get("JWT_PUBLIC_KEY_FILE")))
+    crypto.Keyring.load(settings.get("PII_KEYRING"), Path(settings.get("PII_KEYRING_FILE")),
+                        create=True)
+
+
+@main.command()
+@click.option("--seed/--no-seed", "do_seed", default=True, show_default=True)
+def up(do_seed: bool) -> None:
+    """Run the whole system on its embedded default, supervised; Ctrl-C stops everything."""
+    from honcho.manager import Manager
+
+    settings = Settings.from_env("cli")
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_keys(settings)
+    env = dict(os.environ, VAR_DIR=str(settings.var_dir.resolve()), PYTHONUNBUFFERED="1")
+    manager = Manager()
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        from .broker import tansu_command
+
+        port = settings.int("EMBEDDED_KAFKA_PORT")
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+        manager.add_process("broker", " ".join(tansu_command(port)), env=env)
+    os.environ.update(env)
+    migrate_all()
+    if do_seed:
+        click.get_current_context().invoke(seed)
+    for service, module in SERVICE_MODULES.items():
+        short = {"referral-intake": "intake", "provider-registry": "registry"}.get(service,
+                                                                                 service)
+        for kind in ("api", "worker"):
+            manager.add_process(f"{short}-{kind}", f"{sys.executable} -m {module} {kind}",
+                                env=env)
+    click.echo("\nReferral routing is starting (Ctrl-C stops everything):")
+    click.echo(f"  Kafka broker        {env['KAFKA_BOOTSTRAP_SERVERS']}")
+    for service, (prefix, _port) in SERVICE_INFO.items():
+        port = Settings.from_env(service).port
+        click.echo(f"  {service:<19} http://127.0.0.1:{port}  (OpenAPI: /openapi.json)")
+    click.echo("")
+    manager.loop()
+    sys.exit(manager.returncode)
+
+
+if __name__ == "__main__":
+    main()
