@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from flask_smorest import Api
+from flask_smorest import Api, Blueprint
+from webargs.flaskparser import FlaskParser
 from marshmallow import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -105,6 +106,17 @@ def validation_problem(messages: Any) -> Response:
     detail = "Invalid or unknown fields: " + ", ".join(fields) if fields else "Invalid request"
     return problem_response(422, "Unprocessable Content", detail, type_="/problems/validation",
                             errors=messages if isinstance(messages, dict) else {"_": messages})
+
+
+class StrictParser(FlaskParser):  # type: ignore[misc]
+    """Unknown query parameters are rejected like unknown body fields (DESIGN §8): each
+    location defers to the schema's own ``unknown`` setting (RAISE in our schemas)."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None,
+                                   "querystring": None}
+
+
+Blueprint.ARGUMENTS_PARSER = StrictParser()
 
 
 class ProblemApi(Api):  # type: ignore[misc]

@@ -146,3 +146,9 @@ def test_proposal_becomes_an_offer_once_and_a_second_is_voided(
                             headers=_auth(settings, "supervisor", "sv", agency="pd")).get_json()
     assert "contact" not in supervisor or supervisor["contact"] is None
     assert CANARY_PHONE not in str(supervisor)
+
+
+def test_unknown_query_parameter_is_rejected(client: FlaskClient, settings: Settings) -> None:
+    resp = client.get("/v1/referrals?limit=5&officer_name=x",
+                      headers=_auth(settings, "officer", "o1", agency="pd"))
+    assert resp.status_code == 422 and "officer_name" in resp.get_json()["detail"]

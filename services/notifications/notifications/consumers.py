@@ -1,0 +1,22 @@
+"""Kafka: map incoming events to notifications handlers."""
+from __future__ import annotations
+
+from servicekit import events
+from servicekit.runtime import ConsumerSpec
+
+from . import handlers
+
+
+def consumer_specs() -> list[ConsumerSpec]:
+    return [ConsumerSpec(
+        name="notifications",
+        topics=[events.REFERRAL_EVENTS, events.PROVIDER_EVENTS],
+        handlers={
+            events.REFERRAL_SUBMITTED: handlers.on_referral_event,
+            events.REFERRAL_STATUS_CHANGED: handlers.on_referral_event,
+            events.REFERRAL_SLA_BREACHED: handlers.on_referral_event,
+            events.REFERRAL_CONSENT_CHANGED: handlers.on_consent_changed,
+            events.REFERRAL_ERASED: handlers.on_referral_erased,
+            events.PROVIDER_SERVICE_UPSERTED: handlers.on_service_upserted,
+        },
+    )]
