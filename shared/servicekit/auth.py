@@ -176,6 +176,8 @@ class TokenVerifier:
         """Build from JWT_* settings; creates the dev keypair if the key file is missing."""
         public_path = Path(settings.get("JWT_PUBLIC_KEY_FILE"))
         if not public_path.exists():
+            if settings.get("DEV_KEYS") != "1":
+                raise FileNotFoundError(f"JWT_PUBLIC_KEY_FILE {public_path} does not exist")
             ensure_dev_keypair(Path(settings.get("JWT_PRIVATE_KEY_FILE")), public_path)
         algorithms = [a.strip() for a in settings.get("JWT_ALGORITHMS").split(",") if a.strip()]
         return cls(

@@ -111,6 +111,7 @@ def serve_api(app_factory: Callable[[], Any], settings: Settings) -> None:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return app_factory()

@@ -54,6 +54,9 @@ ENVIRONMENT: list[EnvVar] = [
            "dead-letters per minute after which a consumer stops instead of dead-lettering everything"),
     EnvVar("OUTBOX_POLL_INTERVAL_MS", "10", "all", "how often an idle outbox relay looks for new rows"),
     EnvVar("OUTBOX_BATCH_SIZE", "200", "all", "rows one relay claims per round"),
+    EnvVar("DEV_KEYS", "1", "all",
+           "1: create the dev JWT keypair and PII keyring when missing; 0 (production): "
+           "refuse to start without the configured keys"),
     EnvVar("JWT_ISSUER", "referrals-dev", "all", "expected `iss` of access tokens"),
     EnvVar("JWT_AUDIENCE", "referrals", "all", "expected `aud` of access tokens"),
     EnvVar("JWT_ALGORITHMS", "EdDSA,ES256,RS256", "all", "allow-list of asymmetric JWT algorithms"),

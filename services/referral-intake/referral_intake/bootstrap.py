@@ -26,7 +26,8 @@ def load_settings() -> Settings:
 
 def build_context(settings: Settings) -> handlers.Context:
     keyring = crypto.Keyring.load(settings.get("PII_KEYRING"),
-                                  Path(settings.get("PII_KEYRING_FILE")), create=True)
+                                  Path(settings.get("PII_KEYRING_FILE")),
+                                  create=settings.get("DEV_KEYS") == "1")
     return handlers.Context(
         keyring=keyring,
         ttl=domain.OfferTtl(emergency=timedelta(seconds=settings.int("OFFER_TTL_EMERGENCY_S")),

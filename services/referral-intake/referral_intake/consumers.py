@@ -1,7 +1,7 @@
 """Kafka: map incoming events to referral-intake handlers."""
 from __future__ import annotations
 
-from functools import partial
+from sqlalchemy.orm import Session
 
 from servicekit import events
 from servicekit.runtime import ConsumerSpec
@@ -10,11 +10,14 @@ from . import handlers
 
 
 def consumer_specs(ctx: handlers.Context) -> list[ConsumerSpec]:
+    def proposed(session: Session, env: events.Envelope) -> None:
+        handlers.on_routing_proposed(session, ctx, env)
+
+    def exhausted(session: Session, env: events.Envelope) -> None:
+        handlers.on_routing_exhausted(session, ctx, env)
+
     return [ConsumerSpec(
         name="referral-intake",
         topics=[events.ROUTING_DECISIONS],
-        handlers={
-            events.ROUTING_PROPOSED: partial(handlers.on_routing_proposed, ctx=ctx),
-            events.ROUTING_EXHAUSTED: partial(handlers.on_routing_exhausted, ctx=ctx),
-        },
+        handlers={events.ROUTING_PROPOSED: proposed, events.ROUTING_EXHAUSTED: exhausted},
     )]

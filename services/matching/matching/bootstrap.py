@@ -1,0 +1,48 @@
+"""Composition root of matching: the one place that builds it from settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+from servicekit import kafka as kafkakit
+from servicekit import logs
+from servicekit.auth import TokenVerifier, init_auth
+from servicekit.db import Database
+from servicekit.runtime import WorkerSpec
+from servicekit.settings import Settings
+from servicekit.web import create_base_app
+
+from . import api, consumers
+from .tables import metadata
+
+SERVICE = "matching"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def load_settings() -> Settings:
+    return Settings.from_env(SERVICE)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
+    db = Database(settings.database_url, metadata)
+
+    def database() -> None:
+        db.ping()
+
+    def broker() -> None:
+        kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=2)
+
+    app, smorest = create_base_app(SERVICE, readiness=[database, broker])
+    app.extensions["db"] = db
+    init_auth(app, TokenVerifier.from_settings(settings))
+    api.register(smorest)
+    return app
+
+
+def worker(settings: Settings | None = None) -> tuple[Database, WorkerSpec]:
+    settings = settings or load_settings()
+    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
+    db = Database(settings.database_url, metadata)
+    return db, WorkerSpec(consumers=consumers.consumer_specs(), relay=True)

@@ -1,0 +1,268 @@
+"""matching's tables (a view of the registry, provider load, referral facts, decisions) and
+the repository functions beside them. Nothing here holds personal data: referral facts are
+the de-identified ones carried by ``referral.submitted``."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from servicekit.db import add_kit_tables, new_metadata
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from . import domain
+
+metadata = new_metadata()
+add_kit_tables(metadata)
+
+service_view = Table(
+    "service_view", metadata,  # latest provider.service_upserted snapshot per service
+    Column("service_id", String(200), primary_key=True),
+    Column("organization_id", String(200), nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("categories", JSON, nullable=False),
+    Column("locations", JSON, nullable=False),  # [{location_id, lat, lon, geohash}]
+    Column("radius_km", Float, nullable=True),
+    Column("area_geohashes", JSON, nullable=False),
+    Column("age_min", Integer, nullable=True), Column("age_max", Integer, nullable=True),
+    Column("genders", JSON, nullable=False),
+    Column("populations", JSON, nullable=False),
+    Column("languages", JSON, nullable=False),
+    Column("interpretation_available", Boolean, nullable=False),
+    Column("schedule", JSON, nullable=False),  # {always_open, timezone, hours}
+    Column("capacity_max", Integer, nullable=False),
+    Column("accepting", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("snapshot", JSON, nullable=False),  # the whole event data, for later scoring
+)
+
+service_categories = Table(
+    "service_categories", metadata,  # lets SQL pick candidates by need first
+    Column("service_id", String(200), primary_key=True),
+    Column("category", String(40), primary_key=True),
+    Index("ix_service_categories_category", "category", "service_id"),
+)
+
+service_load = Table(
+    "service_load", metadata,  # changed only by conditional UPDATEs (see reserve)
+    Column("service_id", String(200), primary_key=True),
+    Column("open_offers", Integer, nullable=False, server_default="0"),
+    Column("active_cases", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+referral_view = Table(
+    "referral_view", metadata,
+    Column("referral_id", String(36), primary_key=True),
+    Column("need", String(40), nullable=False),
+    Column("urgency", String(20), nullable=False),
+    Column("geohash", String(12), nullable=True),  # NULL after erasure
+    Column("lat", Float, nullable=True), Column("lon", Float, nullable=True),
+    Column("eligibility", JSON, nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="0"),  # decisions made so far
+    Column("agency_id", String(200), nullable=False),
+    Column("service_id", String(200), nullable=True),  # service holding the offer or case
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_referral_view_status", "status", "need"),
+)
+
+tried = Table(
+    "tried", metadata,  # services never to be proposed again for a referral
+    Column("referral_id", String(36), primary_key=True),
+    Column("service_id", String(200), primary_key=True),
+    Column("tried_at", DateTime(timezone=True), nullable=False),
+)
+
+decisions = Table(
+    "decisions", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("referral_id", String(36), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),  # proposed | exhausted
+    Column("service_id", String(200), nullable=True),
+    Column("organization_id", String(200), nullable=True),
+    Column("score", Float, nullable=True),
+    Column("reasons", JSON, nullable=False),  # [{code, text}]
+    Column("eliminated", JSON, nullable=False),  # constraint code -> count
+    Column("candidates", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("event_id", String(36), nullable=False, unique=True),  # = proposal_id at intake
+    Index("ix_decisions_referral", "referral_id", "attempt"),
+)
+
+
+# --- repository: services and load -----------------------------------------------------------
+def _insert(session: Session, table: Table) -> Any:
+    """INSERT that understands ON CONFLICT on both PostgreSQL and SQLite."""
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def upsert_service(session: Session, row: dict[str, Any], categories: list[str]) -> None:
+    """Store a snapshot unless a newer one is already stored."""
+    stmt = _insert(session, service_view).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[service_view.c.service_id],
+        set_={k: stmt.excluded[k] for k in row if k != "service_id"},
+        where=service_view.c.updated_at <= stmt.excluded.updated_at,
+    ).returning(service_view.c.service_id)
+    if session.execute(stmt).first() is None:
+        return  # a newer snapshot is stored
+    sid = row["service_id"]
+    session.execute(delete(service_categories).where(service_categories.c.service_id == sid))
+    for category in sorted(set(categories)):
+        session.execute(service_categories.insert().values(service_id=sid, category=category))
+
+
+def delete_service(session: Session, service_id: str) -> None:
+    """Forget a service; its load row stays so outstanding offers still settle."""
+    session.execute(delete(service_categories).where(
+        service_categories.c.service_id == service_id))
+    session.execute(delete(service_view).where(service_view.c.service_id == service_id))
+
+
+def ensure_load(session: Session, service_id: str, now: datetime) -> None:
+    session.execute(_insert(session, service_load).values(
+        service_id=service_id, open_offers=0, active_cases=0, updated_at=now,
+    ).on_conflict_do_nothing(index_elements=[service_load.c.service_id]))
+
+
+def reserve(session: Session, service_id: str, capacity_max: int, now: datetime) -> bool:
+    """Take one place atomically; False when the service is full (another worker won)."""
+    load = service_load.c
+    stmt = (update(service_load)
+            .where(load.service_id == service_id,
+                   load.open_offers + load.active_cases < capacity_max)
+            .values(open_offers=load.open_offers + 1, updated_at=now))
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def _moved(column: Any, delta: int) -> ColumnElement[Any]:
+    if delta >= 0:
+        return column + delta  # type: ignore[no-any-return]
+    return case((column + delta >= 0, column + delta), else_=0)
+
+
+def adjust_load(session: Session, service_id: str, open_offers: int, active_cases: int,
+                now: datetime) -> None:
+    """Move the counters by the given deltas in one statement, never below zero."""
+    if not (open_offers or active_cases):
+        return
+    ensure_load(session, service_id, now)
+    load = service_load.c
+    session.execute(update(service_load).where(load.service_id == service_id).values(
+        open_offers=_moved(load.open_offers, open_offers),
+        active_cases=_moved(load.active_cases, active_cases), updated_at=now))
+
+
+def candidate_rows(session: Session, need: str) -> list[Any]:
+    """Services offering ``need`` with their load (the category filter runs in SQL)."""
+    offering = select(service_categories.c.service_id).where(
+        service_categories.c.category == need)
+    query = (select(service_view, func.coalesce(service_load.c.open_offers, 0)
+                    .label("open_offers"),
+                    func.coalesce(service_load.c.active_cases, 0).label("active_cases"))
+             .select_from(service_view.outerjoin(
+                 service_load, service_load.c.service_id == service_view.c.service_id))
+             .where(service_view.c.service_id.in_(offering))
+             .order_by(service_view.c.service_id))
+    return list(session.execute(query))
+
+
+def all_service_rows(session: Session) -> list[Any]:
+    query = (select(service_view, func.coalesce(service_load.c.open_offers, 0)
+                    .label("open_offers"),
+                    func.coalesce(service_load.c.active_cases, 0).label("active_cases"))
+             .select_from(service_view.outerjoin(
+                 service_load, service_load.c.service_id == service_view.c.service_id)))
+    return list(session.execute(query))
+
+
+def count_services(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(service_view)).scalar_one())
+
+
+# --- repository: referrals -------------------------------------------------------------------
+def insert_referral(session: Session, row: dict[str, Any]) -> bool:
+    """Store a referral's facts; False when it is already known."""
+    stmt = _insert(session, referral_view).values(**row).on_conflict_do_nothing(
+        index_elements=[referral_view.c.referral_id]).returning(referral_view.c.referral_id)
+    return session.execute(stmt).first() is not None  # (INSERT rowcount is unreliable)
+
+
+def referral(session: Session, referral_id: str, *, lock: bool = False) -> Any:
+    query = select(referral_view).where(referral_view.c.referral_id == referral_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.execute(query).first()
+
+
+def tried_services(session: Session, referral_id: str) -> frozenset[str]:
+    rows = session.execute(select(tried.c.service_id).where(tried.c.referral_id == referral_id))
+    return frozenset(rows.scalars())
+
+
+def mark_tried(session: Session, referral_id: str, service_id: str, now: datetime) -> None:
+    session.execute(_insert(session, tried).values(
+        referral_id=referral_id, service_id=service_id, tried_at=now,
+    ).on_conflict_do_nothing(index_elements=[tried.c.referral_id, tried.c.service_id]))
+
+
+def decision_by_event(session: Session, event_id: str) -> Any:
+    return session.execute(select(decisions).where(decisions.c.event_id == event_id)).first()
+
+
+# --- rows -> domain ----------------------------------------------------------------------------
+def to_candidate(row: Any) -> domain.Candidate:
+    sched = row.schedule or {}
+    return domain.Candidate(
+        service_id=row.service_id, organization_id=row.organization_id,
+        categories=frozenset(row.categories), status=row.status, accepting=row.accepting,
+        capacity_max=row.capacity_max, open_offers=row.open_offers,
+        active_cases=row.active_cases, age_min=row.age_min, age_max=row.age_max,
+        genders=frozenset(row.genders), populations=frozenset(row.populations),
+        languages=frozenset(row.languages),
+        interpretation_available=row.interpretation_available,
+        locations=tuple(domain.Point(p["lat"], p["lon"]) for p in row.locations),
+        radius_km=row.radius_km, area_geohashes=tuple(row.area_geohashes),
+        schedule=domain.Schedule(
+            always_open=bool(sched.get("always_open")), timezone=sched.get("timezone", "UTC"),
+            hours=tuple(domain.OpeningHours(h["byday"], h["opens_at"], h["closes_at"])
+                        for h in sched.get("hours", []))),
+    )
+
+
+def to_referral(row: Any, tried_ids: frozenset[str]) -> domain.Referral:
+    elig = row.eligibility or {}
+    return domain.Referral(
+        referral_id=row.referral_id, need=row.need, urgency=row.urgency, lat=row.lat,
+        lon=row.lon, geohash=row.geohash, age=elig.get("age"), age_band=elig.get("age_band"),
+        gender=elig.get("gender"), preferred_language=elig.get("preferred_language"),
+        needs_interpreter=bool(elig.get("needs_interpreter")),
+        flags=frozenset(elig.get("flags") or ()), tried=tried_ids,
+    )

@@ -1,0 +1,34 @@
+"""Fixtures of matching's integration tests: a fresh, migrated database per test.
+
+Every integration test runs on PostgreSQL (a fresh database from ``make_settings``) and on
+SQLite, the embedded mode's database, since handlers must behave the same on both.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from matching import bootstrap
+from matching.tables import metadata
+from servicekit.db import Database, run_migrations
+from servicekit.settings import Settings
+
+
+@pytest.fixture
+def matching_settings(make_settings: Callable[..., Settings]) -> Settings:
+    settings = make_settings("matching")
+    run_migrations(settings.database_url, bootstrap.MIGRATIONS)
+    return settings
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def matching_db(request: pytest.FixtureRequest, matching_settings: Settings,
+                tmp_path: Path) -> Iterator[Database]:
+    url = matching_settings.database_url
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'matching.db'}"
+        run_migrations(url, bootstrap.MIGRATIONS)
+    db = Database(url, metadata)
+    yield db
+    db.dispose()

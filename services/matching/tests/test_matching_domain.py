@@ -1,0 +1,222 @@
+"""Pure unit tests of matching's rules: constraints, scoring, tie-break, load accounting."""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from matching import domain
+from matching.domain import Candidate, OpeningHours, Point, Referral, Schedule
+from servicekit import geo
+
+HOME = geo.coarsen(51.5074, -0.1278)  # the resident's coarse cell (central London)
+NOW = datetime(2025, 3, 12, 10, 30, tzinfo=UTC)  # a Wednesday, 10:30 in London
+ALL_ZERO = dict.fromkeys(domain.CONSTRAINTS, 0)
+
+
+def referral(**overrides: object) -> Referral:
+    base = Referral(referral_id="r-1", need="housing", urgency="urgent", lat=HOME["lat"],
+                    lon=HOME["lon"], geohash=HOME["geohash"], age=34,
+                    preferred_language="pt-BR", tried=frozenset({"svc-tried"}))
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def service(service_id: str, *, km_north: float = 0.5, **overrides: object) -> Candidate:
+    """A well-placed housing service ``km_north`` of the resident, 10 free places."""
+    base = Candidate(service_id=service_id, organization_id=f"org-{service_id}",
+                     categories=frozenset({"housing"}), capacity_max=10,
+                     languages=frozenset({"en", "pt"}), radius_km=15.0,
+                     locations=(Point(HOME["lat"] + km_north / 111.2, HOME["lon"]),))
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def trap_directory() -> list[Candidate]:
+    """Six services closer and emptier than the one that fits, each with one flaw."""
+    return [
+        service("svc-full", km_north=0.1, capacity_max=2, open_offers=1, active_cases=1),
+        service("svc-inactive", km_north=0.1, status="inactive"),
+        service("svc-youth", km_north=0.1, age_min=16, age_max=24),
+        service("svc-far", km_north=80.0, radius_km=10.0),
+        service("svc-food", km_north=0.1, categories=frozenset({"food"})),
+        service("svc-tried", km_north=0.1),
+        service("svc-fit", km_north=3.0, capacity_max=3, open_offers=1),
+    ]
+
+
+def test_only_the_fitting_service_is_chosen_from_a_directory_of_traps() -> None:
+    decision = domain.evaluate(referral(), trap_directory(), NOW)
+
+    assert decision.outcome == "proposed"
+    assert decision.best is not None and decision.best.candidate.service_id == "svc-fit"
+    assert [r.candidate.service_id for r in decision.ranked] == ["svc-fit"]
+    assert dict(decision.excluded) == {
+        "svc-full": "at_capacity", "svc-inactive": "inactive", "svc-youth": "age",
+        "svc-far": "out_of_area", "svc-food": "category", "svc-tried": "already_tried"}
+    assert decision.considered == 7
+
+
+def test_reasons_explain_the_choice_in_words_and_codes() -> None:
+    best = domain.evaluate(referral(), trap_directory(), NOW).best
+    assert best is not None
+    reasons = {r.code: r.text for r in best.reasons}
+    assert reasons["distance"] == "3.0 km from the resident's area"
+    assert reasons["headroom"] == "2 of 3 places free"
+    assert reasons["language"] == "speaks pt-BR"
+    assert 0.0 < best.score <= 1.0
+
+
+def test_exhaustion_counts_what_each_constraint_removed() -> None:
+    traps = [c for c in trap_directory() if c.service_id != "svc-fit"]
+    decision = domain.evaluate(referral(), traps, NOW, pre_eliminated={"category": 4})
+
+    assert decision.outcome == "exhausted"
+    assert decision.best is None
+    assert decision.eliminated == {**ALL_ZERO, "at_capacity": 1, "inactive": 1, "age": 1,
+                                   "out_of_area": 1, "category": 5, "already_tried": 1}
+    assert decision.considered == 10
+    assert {r.code for r in decision.reasons} == {"at_capacity", "inactive", "age",
+                                                  "out_of_area", "category", "already_tried"}
+    assert "5 service(s) do not offer this need" in [r.text for r in decision.reasons]
+
+
+def test_a_candidate_is_counted_only_under_the_first_constraint_it_fails() -> None:
+    both = service("svc-x", status="inactive", capacity_max=1, open_offers=1)
+    decision = domain.evaluate(referral(), [both], NOW)
+    assert decision.eliminated["inactive"] == 1
+    assert decision.eliminated["at_capacity"] == 0
+
+
+def test_equal_scores_are_broken_by_service_id_whatever_the_input_order() -> None:
+    twins = [service("svc-b"), service("svc-a"), service("svc-c")]
+    first = domain.evaluate(referral(), twins, NOW)
+    second = domain.evaluate(referral(), list(reversed(twins)), NOW)
+    assert [r.candidate.service_id for r in first.ranked] == ["svc-a", "svc-b", "svc-c"]
+    assert [r.candidate.service_id for r in second.ranked] == ["svc-a", "svc-b", "svc-c"]
+    assert len({r.score for r in first.ranked}) == 1
+
+
+def test_nearer_and_emptier_services_score_higher() -> None:
+    near, far = service("svc-near", km_north=1.0), service("svc-far", km_north=8.0)
+    assert domain.score(referral(), near).score > domain.score(referral(), far).score
+    empty = service("svc-empty", capacity_max=10)
+    busy = service("svc-busy", capacity_max=10, open_offers=6, active_cases=3)
+    assert domain.score(referral(), empty).score > domain.score(referral(), busy).score
+
+
+def test_weights_change_the_ranking() -> None:
+    near_busy = service("svc-near", km_north=0.5, capacity_max=10, active_cases=9)
+    far_empty = service("svc-far", km_north=6.0, capacity_max=10)
+    by_distance = domain.evaluate(referral(), [near_busy, far_empty], NOW)
+    by_headroom = domain.evaluate(referral(), [near_busy, far_empty], NOW,
+                                  domain.Weights(distance=0.1, headroom=0.9, language=0.0))
+    assert by_distance.best is not None and by_headroom.best is not None
+    assert by_distance.best.candidate.service_id == "svc-near"
+    assert by_headroom.best.candidate.service_id == "svc-far"
+
+
+def test_default_weights_keep_scores_between_zero_and_one() -> None:
+    w = domain.DEFAULT_WEIGHTS
+    assert w.distance + w.headroom + w.language == pytest.approx(1.0)
+
+
+OFFICE_HOURS = Schedule(always_open=False, timezone="Europe/London",
+                        hours=(OpeningHours("WE", "09:00", "17:00"),))
+
+
+@pytest.mark.parametrize(("urgency", "when", "fits"), [
+    ("emergency", datetime(2025, 3, 12, 10, 30, tzinfo=UTC), True),  # Wed 10:30 London
+    ("emergency", datetime(2025, 3, 12, 18, 0, tzinfo=UTC), False),  # Wed 18:00, closed
+    ("emergency", datetime(2025, 3, 13, 10, 30, tzinfo=UTC), False),  # Thursday
+    ("urgent", datetime(2025, 3, 12, 18, 0, tzinfo=UTC), True),  # only emergencies need open
+])
+def test_emergencies_need_a_service_open_now(urgency: str, when: datetime, fits: bool) -> None:
+    decision = domain.evaluate(referral(urgency=urgency),
+                               [service("svc-office", schedule=OFFICE_HOURS)], when)
+    assert (decision.outcome == "proposed") is fits
+    assert decision.eliminated["closed_now"] == (0 if fits else 1)
+
+
+def test_opening_hours_are_read_in_the_service_time_zone() -> None:
+    new_york = Schedule(timezone="America/New_York", hours=(OpeningHours("WE", "09:00", "17:00"),))
+    assert not domain.is_open(new_york, datetime(2025, 3, 12, 10, 30, tzinfo=UTC))  # 06:30 EDT
+    assert domain.is_open(new_york, datetime(2025, 3, 12, 15, 0, tzinfo=UTC))  # 11:00 EDT
+
+
+def test_hours_past_midnight_count_on_the_next_morning() -> None:
+    night = Schedule(timezone="UTC", hours=(OpeningHours("TU", "20:00", "08:00"),))
+    assert domain.is_open(night, datetime(2025, 3, 11, 22, 0, tzinfo=UTC))  # Tue 22:00
+    assert domain.is_open(night, datetime(2025, 3, 12, 7, 59, tzinfo=UTC))  # Wed 07:59
+    assert not domain.is_open(night, datetime(2025, 3, 12, 8, 0, tzinfo=UTC))
+    assert domain.is_open(Schedule(always_open=True), NOW)
+
+
+def test_language_binds_only_when_the_resident_needs_an_interpreter() -> None:
+    english_only = service("svc-en", languages=frozenset({"en"}))
+    relaxed = domain.evaluate(referral(), [english_only], NOW)
+    strict = domain.evaluate(referral(needs_interpreter=True), [english_only], NOW)
+    interpreting = domain.evaluate(referral(needs_interpreter=True),
+                                   [replace(english_only, interpretation_available=True)], NOW)
+    assert relaxed.outcome == "proposed"
+    assert strict.eliminated["language"] == 1
+    assert interpreting.outcome == "proposed"
+
+
+def test_area_by_geohash_prefix_or_radius_or_unrestricted() -> None:
+    far = service("svc-far", km_north=50.0, radius_km=5.0)
+    assert not domain.in_area(referral(), far)
+    assert domain.in_area(referral(), replace(far, area_geohashes=(HOME["geohash"][:4],)))
+    assert domain.in_area(referral(), replace(far, radius_km=None))  # declares no area
+
+
+def test_age_band_must_lie_within_the_service_range() -> None:
+    adults = service("svc-adults", age_min=18)
+    assert domain.evaluate(referral(age=None, age_band="18-24"), [adults], NOW).best
+    assert not domain.evaluate(referral(age=None, age_band="16-20"), [adults], NOW).best
+    assert domain.evaluate(referral(age=None, age_band=None), [adults], NOW).best
+
+
+def test_gender_and_population_restrictions() -> None:
+    women = service("svc-w", genders=frozenset({"female"}))
+    veterans = service("svc-v", populations=frozenset({"veteran"}))
+    d = domain.evaluate(referral(gender="male"), [women, veterans], NOW)
+    assert d.eliminated["gender"] == 1 and d.eliminated["population"] == 1
+    ok = domain.evaluate(referral(gender="Female", flags=frozenset({"veteran"})),
+                         [women, veterans], NOW)
+    assert len(ok.ranked) == 2
+
+
+def test_a_full_candidate_is_eliminated_as_at_capacity() -> None:
+    fit = service("svc-fit", capacity_max=4, active_cases=1)
+    decision = domain.evaluate(referral(), [domain.as_full(fit)], NOW)
+    assert decision.eliminated["at_capacity"] == 1
+
+
+def test_now_must_be_timezone_aware() -> None:
+    with pytest.raises(ValueError):
+        domain.evaluate(referral(), [], datetime(2025, 3, 12, 10, 30))
+
+
+@pytest.mark.parametrize(("from_status", "to_status", "reason", "reserved", "expected"), [
+    ("submitted", "offered", None, True, domain.LoadChange()),
+    ("unmatched", "offered", None, False, domain.LoadChange(open_offers=1)),  # manual assign
+    ("offered", "accepted", None, True, domain.LoadChange(open_offers=-1, active_cases=1)),
+    ("offered", "submitted", "not_eligible", True,
+     domain.LoadChange(open_offers=-1, mark_tried=True, reevaluate=True)),
+    ("offered", "submitted", "expired", True,
+     domain.LoadChange(open_offers=-1, mark_tried=True, reevaluate=True)),
+    ("offered", "cancelled", "cancelled_by_officer", True,
+     domain.LoadChange(open_offers=-1, mark_tried=True)),
+    ("submitted", "submitted", "proposal_void", True,
+     domain.LoadChange(open_offers=-1, mark_tried=True, reevaluate=True)),
+    ("offered", "offered", "proposal_void", True, domain.LoadChange(open_offers=-1)),
+    ("in_progress", "completed", None, True, domain.LoadChange(active_cases=-1)),
+    ("on_hold", "failed", None, True, domain.LoadChange(active_cases=-1)),
+    ("accepted", "cancelled", "cancelled_by_supervisor", True,
+     domain.LoadChange(active_cases=-1)),
+    ("accepted", "in_progress", None, True, domain.LoadChange()),
+    ("unmatched", "submitted", None, True, domain.LoadChange(reevaluate=True)),
+    ("submitted", "unmatched", None, True, domain.LoadChange()),
+])
+def test_status_changes_move_load(from_status: str, to_status: str, reason: str | None,
+                                  reserved: bool, expected: domain.LoadChange) -> None:
+    assert domain.load_change(from_status, to_status, reason, reserved=reserved) == expected

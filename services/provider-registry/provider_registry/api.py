@@ -1,0 +1,196 @@
+"""provider-registry HTTP API: thin; parse with marshmallow, call a handler, dump the result."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Response, current_app, request
+from flask_smorest import Blueprint
+from marshmallow import RAISE
+from servicekit import idempotency
+from servicekit.auth import current_principal, requires
+from servicekit.db import Database
+from servicekit.web import Problem
+from sqlalchemy.orm import Session
+
+from . import domain, handlers, queries
+from .schemas import (
+    CapacityIn,
+    LocationFields,
+    LocationIn,
+    LocationOut,
+    OrganizationFields,
+    OrganizationIn,
+    OrganizationOut,
+    ServiceFields,
+    ServiceIn,
+    ServiceOut,
+    ServicePage,
+    ServiceQuery,
+)
+
+blp = Blueprint("directory", __name__, url_prefix="/v1",
+                description="Provider directory: organizations, services, sites, capacity")
+ANY_ROLE = ("officer", "provider", "supervisor", "admin")
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+IDEMPOTENT = {"security": BEARER, "parameters": [
+    {"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}}]}
+
+
+def _db() -> Database:
+    return current_app.extensions["db"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _problems() -> Iterator[None]:
+    """Answer the handlers' domain errors as problem+json."""
+    try:
+        yield
+    except queries.NotFound:
+        raise Problem(404, "Not Found", "No such directory entry") from None
+    except handlers.Conflict as exc:
+        raise Problem(409, "Conflict", str(exc)) from None
+    except domain.RuleViolation as exc:
+        raise Problem(422, "Unprocessable Content", f"Invalid fields: {', '.join(exc.errors)}",
+                      type_="/problems/validation", errors=dict(exc.errors)) from None
+
+
+def _create(work: Callable[[Session], dict[str, Any]], dump: Callable[[Any], Any],
+            id_field: str = "id") -> Response:
+    """Run a create handler at most once per Idempotency-Key; answer 201."""
+    principal = current_principal()
+
+    def run(session: Session) -> tuple[int, dict[str, Any], str]:
+        view = work(session)
+        return 201, dump(view), str(view[id_field])
+
+    with _problems():
+        return idempotency.run(_db(), principal=f"{principal.role}:{principal.sub}",
+                               key=idempotency.request_key(), payload=request.get_json(),
+                               work=run)
+
+
+# --- services -------------------------------------------------------------------------------
+
+@blp.route("/services", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.arguments(ServiceQuery, location="query", unknown=RAISE)  # webargs would EXCLUDE
+@blp.response(200, ServicePage)
+@blp.doc(security=BEARER)
+def list_services(args: dict[str, Any]) -> dict[str, Any]:
+    """Search the directory (need, accepting, organization), a page at a time."""
+    org = args.get("organization_id")
+    with _db().uow() as uow:
+        items, total = queries.list_services(
+            uow.session, need=args.get("need"), accepting=args.get("accepting"),
+            organization_id=str(org) if org else None, limit=args["limit"], offset=args["offset"])
+    return {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+
+
+@blp.route("/services/<uuid:service_id>", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.response(200, ServiceOut)
+@blp.doc(security=BEARER)
+def get_service(service_id: Any) -> dict[str, Any]:
+    with _problems(), _db().uow() as uow:
+        return queries.service_view(uow.session, str(service_id))
+
+
+@blp.route("/services", methods=["POST"])
+@requires("admin", "provider")
+@blp.arguments(ServiceIn)
+@blp.response(201, ServiceOut)
+@blp.doc(**IDEMPOTENT)
+def create_service(body: dict[str, Any]) -> Response:
+    """Create a service (admin; provider staff for their own organization) and publish it."""
+    principal = current_principal()
+    return _create(lambda s: handlers.create_service(s, principal, body), ServiceOut().dump,
+                   "service_id")
+
+
+@blp.route("/services/<uuid:service_id>", methods=["PUT"])
+@requires("admin", "provider")
+@blp.arguments(ServiceFields)
+@blp.response(200, ServiceOut)
+@blp.doc(security=BEARER)
+def replace_service(body: dict[str, Any], service_id: Any) -> dict[str, Any]:
+    with _problems(), _db().transaction() as session:
+        return handlers.update_service(session, current_principal(), str(service_id), body)
+
+
+@blp.route("/services/<uuid:service_id>", methods=["DELETE"])
+@requires("admin", "provider")
+@blp.response(204)
+@blp.doc(security=BEARER)
+def delete_service(service_id: Any) -> None:
+    with _problems(), _db().transaction() as session:
+        handlers.delete_service(session, current_principal(), str(service_id))
+
+
+@blp.route("/services/<uuid:service_id>/capacity", methods=["PUT"])
+@requires("admin", "provider")
+@blp.arguments(CapacityIn)
+@blp.response(200, ServiceOut)
+@blp.doc(security=BEARER)
+def put_capacity(capacity: domain.Capacity, service_id: Any) -> dict[str, Any]:
+    """Set maximum and accepting (admin, or staff of the organization running the service)."""
+    with _problems(), _db().transaction() as session:
+        return handlers.set_capacity(session, current_principal(), str(service_id), capacity)
+
+
+# --- organizations and locations --------------------------------------------------------------
+
+@blp.route("/organizations", methods=["POST"])
+@requires("admin", "provider")
+@blp.arguments(OrganizationIn)
+@blp.response(201, OrganizationOut)
+@blp.doc(**IDEMPOTENT)
+def create_organization(body: dict[str, Any]) -> Response:
+    """Create an organization (admin; provider staff may register their own org id only)."""
+    principal = current_principal()
+    return _create(lambda s: handlers.create_organization(s, principal, body),
+                   OrganizationOut().dump)
+
+
+@blp.route("/organizations/<uuid:org_id>", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.response(200, OrganizationOut)
+@blp.doc(security=BEARER)
+def get_organization(org_id: Any) -> dict[str, Any]:
+    with _problems(), _db().uow() as uow:
+        return queries.organization_view(uow.session, str(org_id))
+
+
+@blp.route("/organizations/<uuid:org_id>", methods=["PUT"])
+@requires("admin", "provider")
+@blp.arguments(OrganizationFields)
+@blp.response(200, OrganizationOut)
+@blp.doc(security=BEARER)
+def replace_organization(body: dict[str, Any], org_id: Any) -> dict[str, Any]:
+    with _problems(), _db().transaction() as session:
+        return handlers.update_organization(session, current_principal(), str(org_id), body)
+
+
+@blp.route("/locations", methods=["POST"])
+@requires("admin", "provider")
+@blp.arguments(LocationIn)
+@blp.response(201, LocationOut)
+@blp.doc(**IDEMPOTENT)
+def create_location(body: dict[str, Any]) -> Response:
+    principal = current_principal()
+    return _create(lambda s: handlers.create_location(s, principal, body), LocationOut().dump)
+
+
+@blp.route("/locations/<uuid:location_id>", methods=["PUT"])
+@requires("admin", "provider")
+@blp.arguments(LocationFields)
+@blp.response(200, LocationOut)
+@blp.doc(security=BEARER)
+def replace_location(body: dict[str, Any], location_id: Any) -> dict[str, Any]:
+    with _problems(), _db().transaction() as session:
+        return handlers.update_location(session, current_principal(), str(location_id), body)
+
+
+def register(api: Any) -> None:
+    api.register_blueprint(blp)

@@ -1,0 +1,203 @@
+"""provider-registry's tables (HSDS 3.0 names where HSDS has the concept) and the
+repository functions that read them into domain objects.
+
+Registry extensions to HSDS, kept as columns until the HSDS import/export issue maps them:
+``organization.notification_channels``; ``service.interpretation_available``, ``genders``,
+``populations``, ``languages`` (HSDS: language table), ``service_area_radius_km`` and
+``service_area_geohashes`` (HSDS: service_area), ``always_open``, ``timezone`` and
+``opening_hours`` (HSDS: schedule); ``service_category`` (HSDS: taxonomy terms).
+The directory holds no personal data: organizations, services and public sites only.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from servicekit.db import add_kit_tables, new_metadata
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from . import domain
+
+metadata = new_metadata()
+add_kit_tables(metadata)
+
+organization = Table(
+    "organization", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("notification_channels", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+)
+
+service = Table(
+    "service", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organization.id"), nullable=False,
+           index=True),
+    Column("name", String(500), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("status", String(30), nullable=False),
+    Column("minimum_age", Integer, nullable=True),
+    Column("maximum_age", Integer, nullable=True),
+    Column("interpretation_available", Boolean, nullable=False),
+    Column("genders", JSON, nullable=False),
+    Column("populations", JSON, nullable=False),
+    Column("languages", JSON, nullable=False),
+    Column("service_area_radius_km", Float, nullable=True),
+    Column("service_area_geohashes", JSON, nullable=False),
+    Column("always_open", Boolean, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("opening_hours", JSON, nullable=False),  # [{byday, opens_at, closes_at}]
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+)
+
+service_category = Table(
+    "service_category", metadata,
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("category", String(40), primary_key=True, index=True),
+)
+
+location = Table(
+    "location", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organization.id"), nullable=False,
+           index=True),
+    Column("location_type", String(20), nullable=False),  # HSDS: physical|postal|virtual
+    Column("name", String(500), nullable=True),
+    Column("latitude", Float, nullable=False),
+    Column("longitude", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+)
+
+service_at_location = Table(
+    "service_at_location", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("location_id", String(36), ForeignKey("location.id"), nullable=False, index=True),
+    UniqueConstraint("service_id", "location_id"),
+)
+
+service_capacity = Table(  # HSDS 3.1 service_capacity, one row per service, plus `accepting`
+    "service_capacity", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           nullable=False, unique=True),
+    Column("maximum", Integer, nullable=False),
+    Column("available", Integer, nullable=True),
+    Column("accepting", Boolean, nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+
+
+# --- repository --------------------------------------------------------------------------
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _locked(session: Session, query: Any) -> Any:
+    """Row lock on PostgreSQL (SQLite serialises writers with BEGIN IMMEDIATE)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update()
+    return query
+
+
+def fetch_organization(session: Session, org_id: str) -> domain.Organization | None:
+    row = session.execute(select(organization).where(organization.c.id == org_id)).first()
+    if row is None:
+        return None
+    return domain.Organization(id=row.id, name=row.name,
+                               notification_channels=tuple(row.notification_channels))
+
+
+def _to_service(row: Any, categories: list[str]) -> domain.Service:
+    hours = tuple(domain.OpeningHours(**h) for h in row.opening_hours)
+    return domain.Service(
+        id=row.id, organization_id=row.organization_id, name=row.name, status=row.status,
+        categories=tuple(sorted(categories)), minimum_age=row.minimum_age,
+        maximum_age=row.maximum_age, genders=tuple(row.genders),
+        populations=tuple(row.populations), languages=tuple(row.languages),
+        interpretation_available=row.interpretation_available,
+        service_area=domain.ServiceArea(radius_km=row.service_area_radius_km,
+                                        geohashes=tuple(row.service_area_geohashes)),
+        schedule=domain.Schedule(always_open=row.always_open, timezone=row.timezone,
+                                 hours=hours),
+        last_modified=as_utc(row.last_modified),
+    )
+
+
+def fetch_service(session: Session, service_id: str, *, lock: bool = False
+                  ) -> domain.Service | None:
+    """The service, row-locked when ``lock`` so its snapshots are emitted in order."""
+    query = select(service).where(service.c.id == service_id)
+    row = session.execute(_locked(session, query) if lock else query).first()
+    if row is None:
+        return None
+    categories = session.execute(select(service_category.c.category).where(
+        service_category.c.service_id == service_id)).scalars().all()
+    return _to_service(row, list(categories))
+
+
+def fetch_description(session: Session, service_id: str) -> str | None:
+    return session.execute(select(service.c.description)
+                           .where(service.c.id == service_id)).scalar_one_or_none()
+
+
+def fetch_locations_of_service(session: Session, service_id: str) -> list[domain.Location]:
+    rows = session.execute(
+        select(location).join(service_at_location,
+                              service_at_location.c.location_id == location.c.id)
+        .where(service_at_location.c.service_id == service_id).order_by(location.c.id)).all()
+    return [domain.Location(id=r.id, latitude=r.latitude, longitude=r.longitude, name=r.name)
+            for r in rows]
+
+
+def fetch_capacity(session: Session, service_id: str) -> domain.Capacity:
+    row = session.execute(select(service_capacity)
+                          .where(service_capacity.c.service_id == service_id)).first()
+    if row is None:
+        return domain.NO_CAPACITY
+    return domain.Capacity(maximum=row.maximum, accepting=row.accepting, available=row.available)
+
+
+def service_ids_of_organization(session: Session, org_id: str, *, lock: bool = False
+                                ) -> list[str]:
+    query = (select(service.c.id).where(service.c.organization_id == org_id)
+             .order_by(service.c.id))
+    return list(session.execute(_locked(session, query) if lock else query).scalars())
+
+
+def service_ids_at_location(session: Session, location_id: str, *, lock: bool = False
+                            ) -> list[str]:
+    query = (select(service.c.id).join(service_at_location,
+                                       service_at_location.c.service_id == service.c.id)
+             .where(service_at_location.c.location_id == location_id).order_by(service.c.id))
+    return list(session.execute(_locked(session, query) if lock else query).scalars())
+
+
+def location_organizations(session: Session, location_ids: list[str]) -> dict[str, str]:
+    """location id -> owning organization id, for the ids that exist."""
+    rows = session.execute(select(location.c.id, location.c.organization_id)
+                           .where(location.c.id.in_(location_ids))).all()
+    return {r.id: r.organization_id for r in rows}
