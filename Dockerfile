@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 referrals \
 # servicekit and the four services, with their Alembic migrations), then drop the sources.
 WORKDIR /build
 COPY pyproject.toml ./
-COPY shared/servicekit ./shared/servicekit
+COPY shared ./shared
 COPY services ./services
 RUN pip install . \
  && cd / && rm -rf /build

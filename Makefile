@@ -34,6 +34,9 @@ e2e: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/submit_to_offer.py
 
+readme: $(STAMP)
+	$(PY) -m servicekit.readme
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tests bench
 
