@@ -29,14 +29,15 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def raw_round_trips(bootstrap: str, n: int) -> list[float]:
+def raw_round_trips(bootstrap: str, n: int, fetch_max_wait_ms: int) -> list[float]:
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, 1, 1)])
     admin.close()
-    producer = kafkakit.make_producer(bootstrap, value_serializer=kafkakit.json_serializer)
+    producer = kafkakit.make_producer(bootstrap, value_serializer=kafkakit.JsonSerializer())
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             value_deserializer=kafkakit.json_deserializer, fetch_max_wait_ms=10)
+                             value_deserializer=kafkakit.JsonDeserializer(),
+                             fetch_max_wait_ms=fetch_max_wait_ms)
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.seek_to_end(tp)
@@ -110,7 +111,7 @@ def main() -> None:
         env["LOG_LEVEL"] = "WARNING"
         stack = start_stack(env, var / "logs")
         settings = Settings.from_env("cli", env)
-        raw = raw_round_trips(infra.kafka, args.n)
+        raw = raw_round_trips(infra.kafka, args.n, settings.int("KAFKA_FETCH_MAX_WAIT_MS"))
         e2e = pipeline(stack.urls, settings, args.n)
     finally:
         if stack is not None:

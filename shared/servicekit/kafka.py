@@ -13,6 +13,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.serializer import Deserializer, Serializer
 
 from . import events
 from .settings import Settings
@@ -20,13 +21,18 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def json_serializer(value: Any) -> bytes:
-    """Compact UTF-8 JSON; kafka-python ships no serializers of its own."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
+class JsonSerializer(Serializer):  # type: ignore[misc]
+    """Compact UTF-8 JSON (our own; we do not depend on the client's bundled one)."""
+
+    def serialize(self, topic: str, headers: Any, data: Any) -> bytes | None:
+        if data is None:
+            return None
+        return json.dumps(data, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
-def json_deserializer(raw: bytes | None) -> Any:
-    return None if raw is None else json.loads(raw.decode("utf-8"))
+class JsonDeserializer(Deserializer):  # type: ignore[misc]
+    def deserialize(self, topic: str, headers: Any, data: bytes | None) -> Any:
+        return None if data is None else json.loads(data.decode("utf-8"))
 
 
 def key_serializer(key: str | bytes | None) -> bytes | None:
@@ -59,6 +65,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         session_timeout_ms=settings.int("KAFKA_SESSION_TIMEOUT_MS"),
         heartbeat_interval_ms=settings.int("KAFKA_HEARTBEAT_INTERVAL_MS"),
         max_poll_records=100,
+        fetch_max_wait_ms=settings.int("KAFKA_FETCH_MAX_WAIT_MS"),
         max_poll_interval_ms=300000,
         client_id=f"{group_id}-consumer",
     )

@@ -43,7 +43,8 @@ def runner_config(settings: Settings) -> RunnerConfig:
 
 
 def build_components(settings: Settings, db: Database, spec: WorkerSpec
-                     ) -> list[tuple[str, Callable[[threading.Event], None]]]:
+                     ) -> tuple[list[tuple[str, Callable[[threading.Event], None]]], Any]:
+    """The worker's components and the producer they share (the caller closes it)."""
     kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=60)
     kafkakit.bootstrap_topics(settings.kafka_bootstrap_servers,
                               settings.int("KAFKA_TOPIC_PARTITIONS"),
@@ -63,7 +64,7 @@ def build_components(settings: Settings, db: Database, spec: WorkerSpec
         parts.append((f"consumer-{c.name}", runner.run))
     for timer in spec.timers:
         parts.append((f"timer-{getattr(timer, '__name__', 'timer')}", timer))
-    return parts
+    return parts, producer
 
 
 def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
@@ -85,8 +86,9 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
             failed.set()
             stop.set()
 
+    parts, producer = build_components(settings, db, spec)
     threads = [threading.Thread(target=_guard, args=(n, t), name=n, daemon=True)
-               for n, t in build_components(settings, db, spec)]
+               for n, t in parts]
     for t in threads:
         t.start()
     log.info("worker started", extra={"fields": {"components": [t.name for t in threads]}})
@@ -94,6 +96,7 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
         pass
     for t in threads:
         t.join(timeout=30)
+    producer.close(timeout=10)
     db.dispose()
     return 1 if failed.is_set() else 0
 

@@ -48,6 +48,9 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("KAFKA_REPLICATION_FACTOR", "1", "all", "replication factor for topics created at bootstrap"),
     EnvVar("KAFKA_SESSION_TIMEOUT_MS", "6000", "all", "consumer group session timeout"),
     EnvVar("KAFKA_HEARTBEAT_INTERVAL_MS", "1000", "all", "consumer group heartbeat interval"),
+    EnvVar("KAFKA_FETCH_MAX_WAIT_MS", "50", "all",
+           "longest a fetch waits on the broker for data (bounds delivery latency on brokers "
+           "that hold fetches for the full wait)"),
     EnvVar("CONSUMER_MAX_RETRIES", "5", "all", "attempts before a failing message is dead-lettered"),
     EnvVar("CONSUMER_RETRY_BACKOFF_MS", "200", "all", "first retry backoff (doubles per attempt, capped at 5 s)"),
     EnvVar("CONSUMER_DLQ_MAX_PER_MINUTE", "60", "all",

@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from matching import domain
+from matching import domain, eligibility
 from matching.domain import Candidate, OpeningHours, Point, Referral, Schedule
 from servicekit import geo
 
@@ -79,6 +79,10 @@ def test_exhaustion_counts_what_each_constraint_removed() -> None:
     assert "5 service(s) do not offer this need" in [r.text for r in decision.reasons]
 
 
+def test_constraints_are_checked_in_the_documented_order() -> None:
+    assert tuple(code for code, _ in eligibility.CHECKS) == domain.CONSTRAINTS
+
+
 def test_a_candidate_is_counted_only_under_the_first_constraint_it_fails() -> None:
     both = service("svc-x", status="inactive", capacity_max=1, open_offers=1)
     decision = domain.evaluate(referral(), [both], NOW)
@@ -138,16 +142,16 @@ def test_emergencies_need_a_service_open_now(urgency: str, when: datetime, fits:
 
 def test_opening_hours_are_read_in_the_service_time_zone() -> None:
     new_york = Schedule(timezone="America/New_York", hours=(OpeningHours("WE", "09:00", "17:00"),))
-    assert not domain.is_open(new_york, datetime(2025, 3, 12, 10, 30, tzinfo=UTC))  # 06:30 EDT
-    assert domain.is_open(new_york, datetime(2025, 3, 12, 15, 0, tzinfo=UTC))  # 11:00 EDT
+    assert not eligibility.is_open(new_york, datetime(2025, 3, 12, 10, 30, tzinfo=UTC))  # 06:30 EDT
+    assert eligibility.is_open(new_york, datetime(2025, 3, 12, 15, 0, tzinfo=UTC))  # 11:00 EDT
 
 
 def test_hours_past_midnight_count_on_the_next_morning() -> None:
     night = Schedule(timezone="UTC", hours=(OpeningHours("TU", "20:00", "08:00"),))
-    assert domain.is_open(night, datetime(2025, 3, 11, 22, 0, tzinfo=UTC))  # Tue 22:00
-    assert domain.is_open(night, datetime(2025, 3, 12, 7, 59, tzinfo=UTC))  # Wed 07:59
-    assert not domain.is_open(night, datetime(2025, 3, 12, 8, 0, tzinfo=UTC))
-    assert domain.is_open(Schedule(always_open=True), NOW)
+    assert eligibility.is_open(night, datetime(2025, 3, 11, 22, 0, tzinfo=UTC))  # Tue 22:00
+    assert eligibility.is_open(night, datetime(2025, 3, 12, 7, 59, tzinfo=UTC))  # Wed 07:59
+    assert not eligibility.is_open(night, datetime(2025, 3, 12, 8, 0, tzinfo=UTC))
+    assert eligibility.is_open(Schedule(always_open=True), NOW)
 
 
 def test_language_binds_only_when_the_resident_needs_an_interpreter() -> None:
@@ -163,9 +167,9 @@ def test_language_binds_only_when_the_resident_needs_an_interpreter() -> None:
 
 def test_area_by_geohash_prefix_or_radius_or_unrestricted() -> None:
     far = service("svc-far", km_north=50.0, radius_km=5.0)
-    assert not domain.in_area(referral(), far)
-    assert domain.in_area(referral(), replace(far, area_geohashes=(HOME["geohash"][:4],)))
-    assert domain.in_area(referral(), replace(far, radius_km=None))  # declares no area
+    assert not eligibility.in_area(referral(), far)
+    assert eligibility.in_area(referral(), replace(far, area_geohashes=(HOME["geohash"][:4],)))
+    assert eligibility.in_area(referral(), replace(far, radius_km=None))  # declares no area
 
 
 def test_age_band_must_lie_within_the_service_range() -> None:

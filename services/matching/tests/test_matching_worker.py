@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from matching import bootstrap, tables
@@ -36,7 +35,7 @@ def test_worker_turns_a_submitted_referral_into_a_published_proposal(
     spec = replace(spec, consumers=[replace(c, name=group) for c in spec.consumers])
     assert {events.PROVIDER_EVENTS, events.REFERRAL_EVENTS} == set(spec.consumers[0].topics)
     stop = threading.Event()
-    components = build_components(matching_settings, db, spec)
+    components, producer = build_components(matching_settings, db, spec)
     threads = [threading.Thread(target=run, args=(stop,), name=name, daemon=True)
                for name, run in components]
     for thread in threads:
@@ -52,7 +51,7 @@ def test_worker_turns_a_submitted_referral_into_a_published_proposal(
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-        _close_producers(components)
+        producer.close(timeout=5)
         db.dispose()
     published = [events.decode(r.value) for r in iter_topic(
         matching_settings.kafka_bootstrap_servers, events.ROUTING_DECISIONS)]
@@ -61,14 +60,6 @@ def test_worker_turns_a_submitted_referral_into_a_published_proposal(
     assert mine[0].data["service_id"] == service_id
     assert mine[0].causation_id == submitted.id
     assert mine[0].correlation_id == submitted.correlation_id
-
-
-def _close_producers(components: list[tuple[str, Any]]) -> None:
-    """The kit leaves the worker's shared producer open (the process exit closes it)."""
-    producers = {id(p): p for _, run in components
-                 if (p := getattr(getattr(run, "__self__", None), "producer", None))}
-    for producer in producers.values():
-        producer.close(timeout=5)
 
 
 def _stored(db: Database, service_id: str) -> bool:

@@ -1,13 +1,16 @@
-"""Hard constraints (DESIGN.md §7), checked in order; the first failure names the code."""
+"""Hard constraints of matching (DESIGN.md §7), checked in order; the first failure names
+the elimination code. Pure, like ``domain`` (whose types it reads but never builds)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from servicekit.geo import haversine_km
 
-from .model import Candidate, Referral, Schedule
+if TYPE_CHECKING:  # domain imports this module: no import cycle at runtime
+    from .domain import Candidate, Referral, Schedule
 
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_AGE = 130
@@ -66,7 +69,7 @@ def is_open(schedule: Schedule, now: datetime) -> bool:
 
 
 # --- hard constraints, in order -----------------------------------------------------------
-Check = Callable[[Referral, Candidate, datetime], bool]
+Check: TypeAlias = "Callable[[Referral, Candidate, datetime], bool]"
 
 
 def _age_fits(r: Referral, c: Candidate, _now: datetime) -> bool:
