@@ -71,7 +71,12 @@ def test_make_up_stack_routes_a_referral_on_sqlite_and_stops_on_sigterm(tmp_path
                                headers={"Authorization": f"Bearer {provider}"})
             return got.status_code == 200 and got.json()["status"] == "offered"
 
-        wait_for(offered, timeout=60, message="the offer on the embedded stack")
+        try:
+            wait_for(offered, timeout=60, message="the offer on the embedded stack")
+        except AssertionError as exc:
+            tail = [line for line in (tmp_path / "up.log").read_text().splitlines()
+                    if '"level": "info"' not in line][-60:]
+            raise AssertionError(f"{exc}\n" + "\n".join(tail)) from None
         print(f"embedded stack: submit -> offer visible in {time.monotonic() - started:.2f}s")
     finally:
         up.send_signal(signal.SIGTERM)
