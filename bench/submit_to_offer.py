@@ -16,7 +16,8 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from servicekit import demo, kafka as kafkakit
+from servicekit import demo
+from servicekit import kafka as kafkakit
 from servicekit.auth import mint_dev_token
 from servicekit.db import Database, run_migrations
 from servicekit.settings import Settings

@@ -85,6 +85,7 @@ def seed() -> None:
     settings = boot.load_settings()
     run_migrations(settings.database_url, Path(boot.MIGRATIONS))
     from provider_registry.tables import metadata
+
     from .db import Database
 
     db = Database(settings.database_url, metadata)

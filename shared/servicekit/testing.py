@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 
 import psycopg
 
-from . import broker, kafka as kafkakit
+from . import broker
+from . import kafka as kafkakit
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
+
 from servicekit.cli import SERVICE_MODULES
 from servicekit.cli import main as referrals_cli
 from servicekit.settings import ENVIRONMENT, SERVICE_INFO, Settings

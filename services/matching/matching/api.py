@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 from flask_smorest import Blueprint
+
 from servicekit.auth import current_principal, requires
 from servicekit.db import Database
 from servicekit.web import Problem

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from servicekit import events, logs, outbox
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+
+from servicekit import events, logs, outbox
 
 from . import domain, tables
 from .tables import decisions, referral_view
@@ -46,9 +47,26 @@ def service_row(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def on_service_upserted(session: Session, env: events.Envelope) -> None:
-    """Store the routing snapshot of a service and make sure it has a load row."""
+    """Store the routing snapshot of a service and make sure it has a load row; a service
+    that can take referrals gives unmatched referrals of its categories another chance."""
     tables.upsert_service(session, service_row(env.data), env.data["categories"])
-    tables.ensure_load(session, env.data["service_id"], _now())
+    now = _now()
+    tables.ensure_load(session, env.data["service_id"], now)
+    if env.data["status"] == "active" and env.data["capacity"]["accepting"]:
+        for referral_id in tables.unmatched_referrals(session, env.data["categories"]):
+            _retry_if_placeable(session, referral_id, now)
+
+
+def _retry_if_placeable(session: Session, referral_id: str, now: datetime) -> None:
+    """Route an unmatched referral again, but only when some candidate now fits: an
+    unchanged verdict would only repeat the exhaustion already reported."""
+    ref = tables.referral(session, referral_id, lock=True)
+    if ref is None or ref.geohash is None or ref.status != "unmatched":
+        return
+    referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
+    candidates, pre = candidates_for(session, ref.need)
+    if domain.evaluate(referral, candidates, now, WEIGHTS, pre).best is not None:
+        route(session, referral_id, now)
 
 
 def on_service_removed(session: Session, env: events.Envelope) -> None:
@@ -95,6 +113,9 @@ def on_status_changed(session: Session, env: events.Envelope) -> None:
     _follow_status(session, ref, d, now)
     if change.reevaluate:
         route(session, d["referral_id"], now)
+    elif d["to_status"] == "unmatched":
+        # A service may have appeared between the exhausted decision and this answer.
+        _retry_if_placeable(session, d["referral_id"], now)
 
 
 def on_referral_erased(session: Session, env: events.Envelope) -> None:

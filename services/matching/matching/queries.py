@@ -4,10 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from servicekit import geo
-from servicekit.auth import Principal, same_agency
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from servicekit import geo
+from servicekit.auth import Principal, same_agency
 
 from . import domain, handlers, tables
 from .tables import decisions, service_load, service_view

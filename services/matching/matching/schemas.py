@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
+
 from servicekit import events
 
 LANG = validate.Regexp(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Not a BCP 47 language tag.")

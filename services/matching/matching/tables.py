@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from servicekit.db import add_kit_tables, new_metadata
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -28,6 +27,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+
+from servicekit.db import add_kit_tables, new_metadata
 
 from . import domain
 
@@ -220,6 +221,19 @@ def referral(session: Session, referral_id: str, *, lock: bool = False) -> Any:
     if lock and session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return session.execute(query).first()
+
+
+URGENCY_ORDER = {"emergency": 0, "urgent": 1, "routine": 2}
+
+
+def unmatched_referrals(session: Session, categories: list[str], limit: int = 100) -> list[str]:
+    """Unmatched referrals needing one of ``categories``: most urgent, then oldest, first."""
+    rows = session.execute(select(referral_view.c.referral_id, referral_view.c.urgency,
+                                  referral_view.c.submitted_at)
+                           .where(referral_view.c.status == "unmatched",
+                                  referral_view.c.need.in_(categories))).all()
+    rows.sort(key=lambda r: (URGENCY_ORDER.get(r.urgency, 9), r.submitted_at, r.referral_id))
+    return [r.referral_id for r in rows[:limit]]
 
 
 def tried_services(session: Session, referral_id: str) -> frozenset[str]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from matching import bootstrap
 from matching.tables import metadata
 from servicekit.db import Database, run_migrations

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from matching import bootstrap, handlers, tables
 from matching_factories import HOME, referral_submitted, service_upserted
+from sqlalchemy import func, select
+
+from matching import bootstrap, handlers, tables
 from servicekit.auth import mint_dev_token
 from servicekit.db import Database
 from servicekit.settings import Settings
-from sqlalchemy import func, select
 
 pytestmark = pytest.mark.integration
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+
 from matching import domain, eligibility
 from matching.domain import Candidate, OpeningHours, Point, Referral, Schedule
 from servicekit import geo

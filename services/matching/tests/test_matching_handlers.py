@@ -7,16 +7,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from matching import handlers, tables
 from matching_factories import (
     referral_submitted,
     service_removed,
     service_upserted,
     status_changed,
 )
+from sqlalchemy import select
+
+from matching import handlers, tables
 from servicekit import events
 from servicekit.db import Database
-from sqlalchemy import select
 
 pytestmark = pytest.mark.integration
 
@@ -243,3 +244,27 @@ def test_concurrent_reservations_never_overfill_a_service(matching_db: Database)
     racer.join(timeout=30)
     assert results == [False]
     assert load(matching_db, "svc-one") == (1, 0)
+
+
+def test_an_unmatched_referral_is_proposed_when_a_fitting_service_appears(
+        matching_db: Database) -> None:
+    rid = submit(matching_db)  # the directory is still empty
+    [exhausted] = routing_events(matching_db, rid)
+    assert exhausted.type == events.ROUTING_EXHAUSTED
+    apply(matching_db, handlers.on_status_changed, status_changed(rid, "submitted", "unmatched"))
+    assert len(routing_events(matching_db, rid)) == 1  # nothing fits yet: no repeated verdict
+    upsert(matching_db, service_upserted("svc-new"))
+    last = routing_events(matching_db, rid)[-1]
+    assert (last.type, last.data["service_id"], last.data["attempt"]) == (
+        events.ROUTING_PROPOSED, "svc-new", 2)
+    assert load(matching_db, "svc-new") == (1, 0)
+
+
+def test_a_service_that_appeared_before_the_unmatched_answer_is_used(
+        matching_db: Database) -> None:
+    rid = submit(matching_db)
+    upsert(matching_db, service_upserted("svc-late"))  # arrives while intake is answering
+    assert [e.type for e in routing_events(matching_db, rid)] == [events.ROUTING_EXHAUSTED]
+    apply(matching_db, handlers.on_status_changed, status_changed(rid, "submitted", "unmatched"))
+    last = routing_events(matching_db, rid)[-1]
+    assert (last.type, last.data["service_id"]) == (events.ROUTING_PROPOSED, "svc-late")

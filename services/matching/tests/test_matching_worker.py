@@ -7,15 +7,16 @@ import uuid
 from dataclasses import replace
 
 import pytest
-from matching import bootstrap, tables
 from matching_factories import referral_submitted, service_upserted
+from sqlalchemy import select
+
+from matching import bootstrap, tables
 from servicekit import events
 from servicekit import kafka as kafkakit
 from servicekit.db import Database
 from servicekit.runtime import build_components
 from servicekit.settings import Settings
 from servicekit.testing import iter_topic, wait_for
-from sqlalchemy import select
 
 pytestmark = pytest.mark.integration
 

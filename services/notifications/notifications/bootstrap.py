@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
+
 from servicekit import logs
-from servicekit.auth import TokenVerifier, init_auth
 from servicekit.db import Database
 from servicekit.runtime import WorkerSpec
+from servicekit.service_app import create_service_app
 from servicekit.settings import Settings
-from servicekit.web import create_base_app
 
 from . import api, consumers
 from .tables import metadata
@@ -24,16 +24,9 @@ def load_settings() -> Settings:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
     db = Database(settings.database_url, metadata)
-
-    def database() -> None:
-        db.ping()
-
     # The api reads its own database only (no broker), so only the database gates readiness.
-    app, smorest = create_base_app(SERVICE, readiness=[database])
-    app.extensions["db"] = db
-    init_auth(app, TokenVerifier.from_settings(settings))
+    app, smorest = create_service_app(SERVICE, settings, db, needs_broker=False)
     api.register(smorest)
     return app
 

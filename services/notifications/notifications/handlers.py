@@ -6,12 +6,13 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from servicekit import events
-from servicekit.auth import Principal
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+
+from servicekit import events
+from servicekit.auth import Principal
 
 from . import domain
 from .tables import notifications, org_view

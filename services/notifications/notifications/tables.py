@@ -2,7 +2,6 @@
 recipients are organization ids, agency ids or the officer's pseudonym."""
 from __future__ import annotations
 
-from servicekit.db import add_kit_tables, new_metadata
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -16,6 +15,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from servicekit.db import add_kit_tables, new_metadata
 
 metadata = new_metadata()
 add_kit_tables(metadata)

@@ -5,7 +5,6 @@ import dataclasses
 import itertools
 
 import pytest
-from notifications import domain
 from notifications_fixtures import (
     AGENCY,
     CANARY,
@@ -16,6 +15,8 @@ from notifications_fixtures import (
     status_changed,
     submitted,
 )
+
+from notifications import domain
 from servicekit import events
 
 STATUS = events.REFERRAL_STATUS_CHANGED

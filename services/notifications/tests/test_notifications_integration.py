@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from notifications import bootstrap, handlers
-from notifications.tables import metadata, notifications, org_view
 from notifications_fixtures import (
     AGENCY,
     ORG,
@@ -20,6 +18,10 @@ from notifications_fixtures import (
     service_upserted,
     status_changed,
 )
+from sqlalchemy import func, select
+
+from notifications import bootstrap, handlers
+from notifications.tables import metadata, notifications, org_view
 from servicekit import events, inbox
 from servicekit import kafka as kafkakit
 from servicekit.auth import mint_dev_token
@@ -28,7 +30,6 @@ from servicekit.db import Database, run_migrations
 from servicekit.runtime import runner_config
 from servicekit.settings import Settings
 from servicekit.testing import wait_for
-from sqlalchemy import func, select
 
 pytestmark = pytest.mark.integration
 

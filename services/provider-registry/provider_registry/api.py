@@ -8,11 +8,12 @@ from typing import Any
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import RAISE
+from sqlalchemy.orm import Session
+
 from servicekit import idempotency
 from servicekit.auth import current_principal, requires
 from servicekit.db import Database
 from servicekit.web import Problem
-from sqlalchemy.orm import Session
 
 from . import domain, handlers, queries
 from .schemas import (

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
-from servicekit import kafka as kafkakit
+
 from servicekit import logs
-from servicekit.auth import TokenVerifier, init_auth
 from servicekit.db import Database
 from servicekit.runtime import WorkerSpec
+from servicekit.service_app import create_service_app
 from servicekit.settings import Settings
-from servicekit.web import create_base_app
 
 from . import api, consumers
 from .tables import metadata
@@ -29,18 +28,8 @@ def open_database(settings: Settings) -> Database:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
     db = open_database(settings)
-
-    def database() -> None:
-        db.ping()
-
-    def broker() -> None:
-        kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=2)
-
-    app, smorest = create_base_app(SERVICE, readiness=[database, broker])
-    app.extensions["db"] = db
-    init_auth(app, TokenVerifier.from_settings(settings))
+    app, smorest = create_service_app(SERVICE, settings, db)
     api.register(smorest)
     return app
 

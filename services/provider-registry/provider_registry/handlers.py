@@ -13,11 +13,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from servicekit import events, outbox
-from servicekit.auth import AuthError, Principal, same_org
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from servicekit import events, outbox
+from servicekit.auth import AuthError, Principal, same_org
 
 from . import domain
 from .queries import NotFound, location_view, organization_view, service_view, snapshot_of

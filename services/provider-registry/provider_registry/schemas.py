@@ -16,6 +16,7 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+
 from servicekit import events
 
 from . import domain

@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from servicekit import demo
-from servicekit.db import Database
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from servicekit import demo
+from servicekit.db import Database
 
 from . import domain, handlers
 from .tables import fetch_organization, fetch_service, location

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from servicekit.db import add_kit_tables, new_metadata
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -29,6 +28,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Session
+
+from servicekit.db import add_kit_tables, new_metadata
 
 from . import domain
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
 from provider_registry import bootstrap, handlers, seed
 from servicekit import demo, events, outbox
 from servicekit import kafka as kafkakit
@@ -15,7 +17,6 @@ from servicekit.db import Database, run_migrations
 from servicekit.outbox import OutboxRelay
 from servicekit.settings import Settings
 from servicekit.testing import iter_topic, wait_for
-from sqlalchemy import func, select
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from flask import Flask
 
-from servicekit import crypto, kafka as kafkakit, logs
-from servicekit.auth import TokenVerifier, init_auth
+from servicekit import crypto, logs
 from servicekit.db import Database
 from servicekit.runtime import WorkerSpec
+from servicekit.service_app import create_service_app
 from servicekit.settings import Settings
-from servicekit.web import create_base_app
 
 from . import api, consumers, domain, handlers
 from .tables import metadata
@@ -39,19 +38,9 @@ def build_context(settings: Settings) -> handlers.Context:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    logs.configure(SERVICE, settings.get("LOG_LEVEL"))
     db = Database(settings.database_url, metadata)
-
-    def database() -> None:
-        db.ping()
-
-    def broker() -> None:
-        kafkakit.wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=2)
-
-    app, smorest = create_base_app(SERVICE, readiness=[database, broker])
-    app.extensions["db"] = db
+    app, smorest = create_service_app(SERVICE, settings, db)
     app.extensions["intake_ctx"] = build_context(settings)
-    init_auth(app, TokenVerifier.from_settings(settings))
     api.register(smorest)
     return app
 

@@ -3,7 +3,16 @@ field encrypted under the subject's data key; every other column is de-identifie
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, Table, Text,
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
 )
 
 from servicekit.db import add_kit_tables, new_metadata

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import Column, Integer, String, Table, func, select
 from sqlalchemy.orm import Session
 
-from servicekit import events, kafka as kafkakit, outbox
+from servicekit import events, outbox
+from servicekit import kafka as kafkakit
 from servicekit.consumer import ConsumerRunner, RunnerConfig
 from servicekit.db import Database, add_kit_tables, new_metadata
 from servicekit.outbox import OutboxRelay

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flask import Flask, jsonify
+
 from servicekit.auth import (
     ROLES,
     AuthError,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import pytest
+
 from servicekit.crypto import (
     DecryptionError,
     Keyring,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from marshmallow import Schema, fields
+
 from servicekit import events, geo
 from servicekit.events import EventContractError, PoisonMessage
 

@@ -5,6 +5,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from servicekit import geo
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)

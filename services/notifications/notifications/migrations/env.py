@@ -1,5 +1,4 @@
-from servicekit.db import alembic_env
-
 from notifications.tables import metadata
+from servicekit.db import alembic_env
 
 alembic_env(metadata)

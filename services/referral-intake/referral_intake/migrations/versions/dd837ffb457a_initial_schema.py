@@ -7,9 +7,8 @@ Create Date: 2026-11-26 20:02:20.500494
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = 'dd837ffb457a'
