@@ -179,10 +179,14 @@ def test_failing_handler_is_retried_then_dead_lettered(db: Database, settings: S
     for rid in (bad, good):
         _produce_raw(infra, rid, events.encode(events.new_event(
             events.REFERRAL_ERASED, subject=rid, sequence=1, data=_erased(rid), source="test")))
+    def dead_letters() -> list[Any]:
+        return [r for r in iter_topic(infra.kafka, events.dlq_topic(events.REFERRAL_EVENTS),
+                                      timeout_s=1) if r.key == bad.encode()]
+
+    # bad and good may sit on different partitions: wait for both outcomes
     _run_until(_runner(db, settings, f"retry-{uuid.uuid4().hex[:6]}", [], fail_on=bad),
-               lambda: _count(db, good) == 1)
-    dead = [r for r in iter_topic(infra.kafka, events.dlq_topic(events.REFERRAL_EVENTS))
-            if r.key == bad.encode()]
+               lambda: _count(db, good) == 1 and dead_letters())
+    dead = dead_letters()
     assert len(dead) == 1 and b"after 2 attempts" in dict(dead[0].headers)["dlq.error"]
     assert _count(db, bad) == 0
 
