@@ -92,6 +92,23 @@ def add_kit_tables(metadata: MetaData) -> None:
     )
 
 
+def upsert(session: Session, table: Table) -> Any:
+    """``INSERT`` for ``table`` offering ``ON CONFLICT`` on PostgreSQL and SQLite alike."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+
+
+def locked(session: Session, query: Any) -> Any:
+    """``query`` with a row lock on PostgreSQL; SQLite already serialises writers (each
+    transaction starts with ``BEGIN IMMEDIATE``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update()
+    return query
+
+
 def is_sqlite(url_or_engine: str | Engine) -> bool:
     url = url_or_engine if isinstance(url_or_engine, str) else str(url_or_engine.url)
     return url.startswith("sqlite")

@@ -19,12 +19,10 @@ from typing import Any, Callable
 from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Table, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from . import events, logs
-from .db import Database
+from .db import Database, upsert
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +41,7 @@ def _tables(session: Session) -> tuple[Table, Table]:
 def next_sequence(session: Session, subject: str) -> int:
     """Atomically take the next per-aggregate sequence number (row-locked until commit)."""
     _, seq = _tables(session)
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(seq).values(subject=subject, last_sequence=1)
+    stmt = upsert(session, seq).values(subject=subject, last_sequence=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=[seq.c.subject], set_={"last_sequence": seq.c.last_sequence + 1}
     ).returning(seq.c.last_sequence)
@@ -115,7 +111,8 @@ class OutboxRelay:
             if done:
                 uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(done))
                                     .values(sent_at=datetime.now(timezone.utc)))
-            failed = [r.id for r in rows if r.id not in set(done)]
+            sent = set(done)
+            failed = [r.id for r in rows if r.id not in sent]
             if failed:
                 uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(failed))
                                     .values(attempts=self.outbox.c.attempts + 1,

@@ -22,13 +22,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from servicekit.db import add_kit_tables, new_metadata
+from servicekit.db import add_kit_tables, locked, new_metadata, upsert
 
 from . import domain
 
@@ -114,19 +112,13 @@ decisions = Table(
 
 
 # --- repository: services and load -----------------------------------------------------------
-def _insert(session: Session, table: Table) -> Any:
-    """INSERT that understands ON CONFLICT on both PostgreSQL and SQLite."""
-    dialect = session.get_bind().dialect.name
-    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
-
-
 def _rowcount(result: Result[Any]) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
 def upsert_service(session: Session, row: dict[str, Any], categories: list[str]) -> None:
     """Store a snapshot unless a newer one is already stored."""
-    stmt = _insert(session, service_view).values(**row)
+    stmt = upsert(session, service_view).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=[service_view.c.service_id],
         set_={k: stmt.excluded[k] for k in row if k != "service_id"},
@@ -148,7 +140,7 @@ def delete_service(session: Session, service_id: str) -> None:
 
 
 def ensure_load(session: Session, service_id: str, now: datetime) -> None:
-    session.execute(_insert(session, service_load).values(
+    session.execute(upsert(session, service_load).values(
         service_id=service_id, open_offers=0, active_cases=0, updated_at=now,
     ).on_conflict_do_nothing(index_elements=[service_load.c.service_id]))
 
@@ -211,16 +203,14 @@ def count_services(session: Session) -> int:
 # --- repository: referrals -------------------------------------------------------------------
 def insert_referral(session: Session, row: dict[str, Any]) -> bool:
     """Store a referral's facts; False when it is already known."""
-    stmt = _insert(session, referral_view).values(**row).on_conflict_do_nothing(
+    stmt = upsert(session, referral_view).values(**row).on_conflict_do_nothing(
         index_elements=[referral_view.c.referral_id]).returning(referral_view.c.referral_id)
     return session.execute(stmt).first() is not None  # (INSERT rowcount is unreliable)
 
 
 def referral(session: Session, referral_id: str, *, lock: bool = False) -> Any:
     query = select(referral_view).where(referral_view.c.referral_id == referral_id)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return session.execute(query).first()
+    return session.execute(locked(session, query) if lock else query).first()
 
 
 URGENCY_ORDER = {"emergency": 0, "urgent": 1, "routine": 2}
@@ -242,7 +232,7 @@ def tried_services(session: Session, referral_id: str) -> frozenset[str]:
 
 
 def mark_tried(session: Session, referral_id: str, service_id: str, now: datetime) -> None:
-    session.execute(_insert(session, tried).values(
+    session.execute(upsert(session, tried).values(
         referral_id=referral_id, service_id=service_id, tried_at=now,
     ).on_conflict_do_nothing(index_elements=[tried.c.referral_id, tried.c.service_id]))
 

@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from servicekit import events
 from servicekit.auth import Principal
+from servicekit.db import upsert
 
 from . import domain
 from .tables import notifications, org_view
@@ -31,11 +30,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which offers ON CONFLICT (PostgreSQL and SQLite alike)."""
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 # ---- events ----------------------------------------------------------------------------------
 
 def on_referral_event(session: Session, env: events.Envelope) -> None:
@@ -48,7 +42,7 @@ def on_referral_event(session: Session, env: events.Envelope) -> None:
             for d in drafts]
     key = [notifications.c.event_id, notifications.c.recipient_kind,
            notifications.c.recipient_id, notifications.c.channel]
-    session.execute(_insert(session)(notifications).values(rows)
+    session.execute(upsert(session, notifications).values(rows)
                     .on_conflict_do_nothing(index_elements=key))
 
 
@@ -71,7 +65,7 @@ def on_referral_erased(session: Session, env: events.Envelope) -> None:
 def on_service_upserted(session: Session, env: events.Envelope) -> None:
     """Keep the organization's notification channels; an older snapshot never wins."""
     d = env.data
-    stmt = _insert(session)(org_view).values(
+    stmt = upsert(session, org_view).values(
         organization_id=d["organization_id"], channels=sorted(set(d["notification_channels"])),
         updated_at=events.parse_time(d["updated_at"]))
     session.execute(stmt.on_conflict_do_update(

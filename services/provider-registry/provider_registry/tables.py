@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from servicekit.db import add_kit_tables, new_metadata
+from servicekit.db import add_kit_tables, locked, new_metadata
 
 from . import domain
 
@@ -117,13 +117,6 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _locked(session: Session, query: Any) -> Any:
-    """Row lock on PostgreSQL (SQLite serialises writers with BEGIN IMMEDIATE)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return query.with_for_update()
-    return query
-
-
 def fetch_organization(session: Session, org_id: str) -> domain.Organization | None:
     row = session.execute(select(organization).where(organization.c.id == org_id)).first()
     if row is None:
@@ -152,7 +145,7 @@ def fetch_service(session: Session, service_id: str, *, lock: bool = False
                   ) -> domain.Service | None:
     """The service, row-locked when ``lock`` so its snapshots are emitted in order."""
     query = select(service).where(service.c.id == service_id)
-    row = session.execute(_locked(session, query) if lock else query).first()
+    row = session.execute(locked(session, query) if lock else query).first()
     if row is None:
         return None
     categories = session.execute(select(service_category.c.category).where(
@@ -186,7 +179,7 @@ def service_ids_of_organization(session: Session, org_id: str, *, lock: bool = F
                                 ) -> list[str]:
     query = (select(service.c.id).where(service.c.organization_id == org_id)
              .order_by(service.c.id))
-    return list(session.execute(_locked(session, query) if lock else query).scalars())
+    return list(session.execute(locked(session, query) if lock else query).scalars())
 
 
 def service_ids_at_location(session: Session, location_id: str, *, lock: bool = False
@@ -194,7 +187,7 @@ def service_ids_at_location(session: Session, location_id: str, *, lock: bool = 
     query = (select(service.c.id).join(service_at_location,
                                        service_at_location.c.service_id == service.c.id)
              .where(service_at_location.c.location_id == location_id).order_by(service.c.id))
-    return list(session.execute(_locked(session, query) if lock else query).scalars())
+    return list(session.execute(locked(session, query) if lock else query).scalars())
 
 
 def location_organizations(session: Session, location_ids: list[str]) -> dict[str, str]:

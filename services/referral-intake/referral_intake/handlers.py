@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from servicekit import crypto, events, geo, outbox
 from servicekit.auth import Principal
 from servicekit.consumer import PermanentError
+from servicekit.db import locked
 
 from . import domain
 from .tables import consents, offers, referrals, subjects, timeline
@@ -145,10 +146,8 @@ def _status_event(session: Session, ref: Any, *, from_status: str | None, to_sta
 
 
 def _load_for_update(session: Session, referral_id: str) -> Any:
-    query = select(referrals).where(referrals.c.id == referral_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    ref = session.execute(query).first()
+    ref = session.execute(locked(session, select(referrals).where(referrals.c.id == referral_id))
+                          ).first()
     if ref is None:
         raise PermanentError("proposal for an unknown referral")
     return ref
