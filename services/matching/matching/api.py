@@ -9,10 +9,11 @@ from flask_smorest import Blueprint
 
 from servicekit.auth import current_principal, requires
 from servicekit.db import Database
+from servicekit.schemas import PageArgs
 from servicekit.web import Problem
 
 from . import queries
-from .schemas import DecisionList, LoadPage, PageArgs, SimulateIn, SimulationOut
+from .schemas import DecisionList, LoadPage, SimulateIn, SimulationOut
 
 blp = Blueprint("matching", __name__, url_prefix="/v1", description="Routing decisions")
 

@@ -1,21 +1,10 @@
 """HTTP request/response schemas of matching (marshmallow; unknown request fields rejected)."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
 from servicekit import events
-
-LANG = validate.Regexp(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Not a BCP 47 language tag.")
-
-
-class Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class PageArgs(Strict):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+from servicekit.schemas import LANGUAGE_TAG, Strict
 
 
 class SimulateIn(Strict):
@@ -26,7 +15,7 @@ class SimulateIn(Strict):
     lat = fields.Float(required=True, validate=validate.Range(min=-90, max=90))
     lon = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
     age = fields.Integer(validate=validate.Range(min=0, max=130))
-    preferred_language = fields.String(validate=LANG)
+    preferred_language = fields.String(validate=LANGUAGE_TAG)
     needs_interpreter = fields.Boolean(load_default=False)
     gender = fields.String(validate=validate.Length(min=1, max=50))
     flags = fields.List(fields.String(validate=validate.OneOf(events.ELIGIBILITY_FLAGS)))

@@ -1,18 +1,13 @@
 """HTTP request/response schemas of notifications (marshmallow; unknown fields rejected)."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import Schema, fields
+
+from servicekit.schemas import PageArgs
 
 
-class Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class FeedArgs(Strict):
+class FeedArgs(PageArgs):
     unread = fields.Boolean(load_default=False)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
 
 class NotificationOut(Schema):

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import (
-    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -18,19 +17,14 @@ from marshmallow import (
 )
 
 from servicekit import events
+from servicekit.schemas import LANGUAGE_TAG, PageArgs, Strict
 
 from . import domain
 
-LANG = validate.Regexp(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Not a BCP 47 language tag.")
 TIME_OF_DAY = validate.Regexp(r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", error="Not HH:MM.")
 GEOHASH = validate.Regexp(r"^[0-9b-hjkmnp-z]{1,12}$", error="Not a geohash.")
 NAME = validate.Length(min=1, max=500)
 AGE = validate.Range(min=0, max=domain.MAX_AGE)
-
-
-class Strict(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 def _strings(validator: Any = None, **kwargs: Any) -> fields.List:
@@ -123,7 +117,7 @@ class ServiceFields(Strict):
     maximum_age = fields.Integer(strict=True, load_default=None, allow_none=True, validate=AGE)
     genders = _strings(validate.Length(1, 50), load_default=list)
     populations = _strings(validate.OneOf(events.ELIGIBILITY_FLAGS), load_default=list)
-    languages = _strings(LANG, load_default=list)
+    languages = _strings(LANGUAGE_TAG, load_default=list)
     interpretation_available = fields.Boolean(load_default=False)
     service_area = fields.Nested(ServiceAreaIn, required=True)
     schedule = fields.Nested(ScheduleIn, required=True)
@@ -148,12 +142,10 @@ class ServiceIn(ServiceFields):
     organization_id = fields.UUID(required=True)
 
 
-class ServiceQuery(Strict):
+class ServiceQuery(PageArgs):
     need = fields.String(validate=validate.OneOf(events.NEEDS))
     accepting = fields.Boolean()
     organization_id = fields.UUID()
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
 
 # --- responses ------------------------------------------------------------------------------

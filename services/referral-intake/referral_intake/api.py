@@ -9,10 +9,11 @@ from flask_smorest import Blueprint
 from servicekit import idempotency
 from servicekit.auth import current_principal, requires
 from servicekit.db import Database
+from servicekit.schemas import PageArgs
 from servicekit.web import Problem
 
 from . import handlers
-from .schemas import PageArgs, ReferralIn, ReferralOut, ReferralPage
+from .schemas import ReferralIn, ReferralOut, ReferralPage
 
 blp = Blueprint("referrals", __name__, url_prefix="/v1", description="Referrals")
 

@@ -5,7 +5,6 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from marshmallow import (
-    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -15,15 +14,10 @@ from marshmallow import (
 )
 
 from servicekit import events
+from servicekit.schemas import LANGUAGE_TAG, Strict
 
 E164 = validate.Regexp(r"^\+[1-9]\d{6,14}$", error="Not an E.164 phone number (+15551234567).")
-LANG = validate.Regexp(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Not a BCP 47 language tag.")
 NAME = validate.Length(min=1, max=100)
-
-
-class Strict(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class SubjectIn(Strict):
@@ -33,7 +27,7 @@ class SubjectIn(Strict):
     age = fields.Integer(validate=validate.Range(min=0, max=120))
     phone = fields.String(validate=E164)
     email = fields.Email(validate=validate.Length(max=254))
-    preferred_language = fields.String(validate=LANG)
+    preferred_language = fields.String(validate=LANGUAGE_TAG)
     needs_interpreter = fields.Boolean(load_default=False)
     gender = fields.String(validate=validate.Length(max=40))
 
@@ -74,11 +68,6 @@ class ReferralIn(Strict):
     notes = fields.String(validate=validate.Length(max=4000))
     flags = fields.List(fields.String(validate=validate.OneOf(events.ELIGIBILITY_FLAGS)))
     consent = fields.Nested(ConsentIn, required=True)
-
-
-class PageArgs(Strict):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
 
 class OfferOut(Schema):
