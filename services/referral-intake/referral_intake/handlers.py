@@ -201,7 +201,7 @@ def _open_or_accepted_offer(session: Session, referral_id: str, org: str | None)
                            ).first()
 
 
-def _visible(session: Session, principal: Principal) -> Any:
+def _visible(principal: Principal) -> Any:
     if principal.role == "officer":
         return referrals.c.officer_sub == principal.sub
     if principal.role == "supervisor":
@@ -216,21 +216,27 @@ def _visible(session: Session, principal: Principal) -> Any:
 
 def list_for(session: Session, ctx: Context, principal: Principal, *, limit: int, offset: int
              ) -> tuple[list[dict[str, Any]], int]:
-    cond = _visible(session, principal)
+    cond = _visible(principal)
     total = session.execute(select(func.count()).select_from(referrals).where(cond)).scalar_one()
-    rows = session.execute(select(referrals.c.id).where(cond)
+    rows = session.execute(select(referrals).where(cond)
                            .order_by(referrals.c.created_at.desc(), referrals.c.id)
-                           .limit(limit).offset(offset)).scalars().all()
-    return [view_for(session, ctx, principal, rid) for rid in rows], int(total)
+                           .limit(limit).offset(offset)).all()
+    return [_render(session, ctx, principal, ref) for ref in rows], int(total)
 
 
-def view_for(session: Session, ctx: Context, principal: Principal, referral_id: str) -> dict[str, Any]:
+def view_for(session: Session, ctx: Context, principal: Principal, referral_id: str
+             ) -> dict[str, Any]:
     """The referral as ``principal`` may see it under the resident's consent."""
     ref = session.execute(select(referrals).where(referrals.c.id == referral_id,
-                                                  _visible(session, principal))).first()
+                                                  _visible(principal))).first()
     if ref is None:
         raise NotFound(referral_id)
-    consent = current_consent(session, referral_id)
+    return _render(session, ctx, principal, ref)
+
+
+def _render(session: Session, ctx: Context, principal: Principal, ref: Any) -> dict[str, Any]:
+    """One visible referral row as ``principal`` may see it."""
+    consent = current_consent(session, ref.id)
     base = {"id": ref.id, "short_id": ref.short_id, "need": ref.need, "urgency": ref.urgency,
             "created_at": ref.created_at}
     if principal.role == "officer":
@@ -241,7 +247,7 @@ def view_for(session: Session, ctx: Context, principal: Principal, referral_id: 
                                 "lon": ref.coarse_lon},
             "eligibility": ref.eligibility, "updated_at": ref.updated_at}
     if principal.role == "provider":
-        offer = _open_or_accepted_offer(session, referral_id, principal.org)
+        offer = _open_or_accepted_offer(session, ref.id, principal.org)
         view["offer"] = None if offer is None else {
             "id": offer.id, "service_id": offer.service_id, "status": offer.status,
             "expires_at": offer.expires_at, "attempt": offer.attempt}
