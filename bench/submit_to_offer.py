@@ -5,7 +5,6 @@ broker from KAFKA_BOOTSTRAP_SERVERS or a Tansu it starts."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import tempfile
 import time
@@ -13,15 +12,15 @@ import uuid
 from pathlib import Path
 
 import requests
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from servicekit import demo
 from servicekit import kafka as kafkakit
 from servicekit.auth import mint_dev_token
-from servicekit.db import Database, run_migrations
-from servicekit.settings import Settings
-from servicekit.stack import MODULES, base_env, start_stack
+from servicekit.provisioning import prepare
+from servicekit.settings import SERVICE_MODULES, Settings
+from servicekit.stack import base_env, start_stack
 from servicekit.testing import start_infrastructure, wait_for
 
 
@@ -99,15 +98,8 @@ def main() -> None:
     infra = start_infrastructure(var)
     stack = None
     try:
-        dbs = {s: infra.new_database(s) for s in MODULES}
-        for service, module in MODULES.items():
-            run_migrations(dbs[service], importlib.import_module(f"{module}.bootstrap").MIGRATIONS)
-        from provider_registry.seed import seed_demo
-        from provider_registry.tables import metadata
-
-        reg = Database(dbs["provider-registry"], metadata)
-        seed_demo(reg)
-        reg.dispose()
+        dbs = {s: infra.new_database(s) for s in SERVICE_MODULES}
+        prepare(dbs)
         env = base_env(var / "var", infra.kafka, dbs)
         env["LOG_LEVEL"] = "WARNING"
         stack = start_stack(env, var / "logs")

@@ -14,21 +14,11 @@ from pathlib import Path
 
 import click
 
-from . import auth, crypto, demo
-from .db import run_migrations
-from .settings import SERVICE_INFO, Settings
+from . import auth, crypto, demo, provisioning
+from .settings import SERVICE_INFO, SERVICE_MODULES, Settings
 
-SERVICE_MODULES = {
-    "referral-intake": "referral_intake",
-    "provider-registry": "provider_registry",
-    "matching": "matching",
-    "notifications": "notifications",
-}
 ALIASES = {"intake": "referral-intake", "registry": "provider-registry"}
-
-
-def _bootstrap(service: str):  # type: ignore[no-untyped-def]
-    return importlib.import_module(f"{SERVICE_MODULES[service]}.bootstrap")
+SHORT_NAMES = {service: alias for alias, service in ALIASES.items()}
 
 
 class _Services(click.Group):
@@ -65,10 +55,8 @@ def token(role: str, sub: str, agency: str | None, org: str | None, ttl: int) ->
         raise click.UsageError(str(exc)) from None
 
 
-def migrate_all() -> None:
-    for service in SERVICE_MODULES:
-        boot = _bootstrap(service)
-        run_migrations(boot.load_settings().database_url, Path(boot.MIGRATIONS))
+def _database_url(service: str) -> str:
+    return str(provisioning.bootstrap_of(service).load_settings().database_url)
 
 
 def demo_tokens(settings: Settings) -> list[tuple[str, str, str]]:
@@ -79,18 +67,9 @@ def demo_tokens(settings: Settings) -> list[tuple[str, str, str]]:
 @main.command()
 def seed() -> None:
     """Load the demo provider directory (idempotent) and print demo users' tokens."""
-    from provider_registry.seed import seed_demo
-
-    boot = _bootstrap("provider-registry")
-    settings = boot.load_settings()
-    run_migrations(settings.database_url, Path(boot.MIGRATIONS))
-    from provider_registry.tables import metadata
-
-    from .db import Database
-
-    db = Database(settings.database_url, metadata)
-    seed_demo(db)
-    db.dispose()
+    url = _database_url("provider-registry")
+    provisioning.migrate({"provider-registry": url})
+    provisioning.seed_demo_directory(url)
     click.echo("seeded demo providers: " + ", ".join((demo.DEMO_ORG_NAME, demo.DEMO_ORG2_NAME)))
     for role, sub, tok in demo_tokens(Settings.from_env("cli")):
         click.echo(f"{role:<10} {sub:<26} {tok}")
@@ -121,12 +100,11 @@ def up(do_seed: bool) -> None:
         env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
         manager.add_process("broker", " ".join(tansu_command(port)), env=env)
     os.environ.update(env)
-    migrate_all()
+    provisioning.migrate({service: _database_url(service) for service in SERVICE_MODULES})
     if do_seed:
         click.get_current_context().invoke(seed)
     for service, module in SERVICE_MODULES.items():
-        short = {"referral-intake": "intake", "provider-registry": "registry"}.get(service,
-                                                                                 service)
+        short = SHORT_NAMES.get(service, service)
         for kind in ("api", "worker"):
             manager.add_process(f"{short}-{kind}", f"{sys.executable} -m {module} {kind}",
                                 env=env)

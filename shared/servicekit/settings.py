@@ -12,6 +12,14 @@ from typing import Mapping
 
 SERVICES = ("referral-intake", "provider-registry", "matching", "notifications")
 
+# service name -> import name of its package
+SERVICE_MODULES: dict[str, str] = {
+    "referral-intake": "referral_intake",
+    "provider-registry": "provider_registry",
+    "matching": "matching",
+    "notifications": "notifications",
+}
+
 # service name -> (environment prefix, default HTTP port)
 SERVICE_INFO: dict[str, tuple[str, int]] = {
     "referral-intake": ("INTAKE", 8001),

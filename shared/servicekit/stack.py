@@ -13,11 +13,8 @@ from typing import IO
 import requests
 
 from .broker import free_port
-from .settings import SERVICE_INFO
+from .settings import SERVICE_INFO, SERVICE_MODULES
 from .testing import wait_for
-
-MODULES = {"referral-intake": "referral_intake", "provider-registry": "provider_registry",
-           "matching": "matching", "notifications": "notifications"}
 
 
 @dataclass
@@ -67,9 +64,9 @@ def base_env(var_dir: Path, kafka: str, database_urls: dict[str, str]) -> dict[s
 def start_stack(env: dict[str, str], log_dir: Path) -> Stack:
     """Start every api and worker; return when every api answers /healthz."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    urls = {s: f"http://127.0.0.1:{env[SERVICE_INFO[s][0] + '_PORT']}" for s in MODULES}
+    urls = {s: f"http://127.0.0.1:{env[SERVICE_INFO[s][0] + '_PORT']}" for s in SERVICE_MODULES}
     stack = Stack(env=env, urls=urls, log_dir=log_dir)
-    for service, module in MODULES.items():
+    for service, module in SERVICE_MODULES.items():
         for kind in ("api", "worker"):
             stack.start(f"{service}-{kind}", module, kind)
 

@@ -141,13 +141,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 
 def iter_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> Iterator[Any]:
     """Every record currently in ``topic`` (all partitions), read without a group."""
-    from kafka import KafkaConsumer
+    from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
     parts = consumer.partitions_for_topic(topic) or set()
-    from kafka import TopicPartition
-
     consumer.assign([TopicPartition(topic, p) for p in parts])
     consumer.seek_to_beginning()
     try:

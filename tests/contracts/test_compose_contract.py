@@ -23,9 +23,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from servicekit.cli import SERVICE_MODULES
 from servicekit.cli import main as referrals_cli
-from servicekit.settings import ENVIRONMENT, SERVICE_INFO, Settings
+from servicekit.settings import ENVIRONMENT, SERVICE_INFO, SERVICE_MODULES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -11,9 +10,9 @@ import requests
 
 from servicekit import demo
 from servicekit.auth import mint_dev_token
-from servicekit.db import Database, run_migrations
-from servicekit.settings import Settings
-from servicekit.stack import MODULES, Stack, base_env, start_stack
+from servicekit.provisioning import prepare
+from servicekit.settings import SERVICE_MODULES, Settings
+from servicekit.stack import Stack, base_env, start_stack
 from servicekit.testing import Infrastructure, iter_topic, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,19 +24,9 @@ CANARY = {"given_name": "Zebulon", "family_name": "Quartermaine-Canary",
 @pytest.fixture(scope="module")
 def stack(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var = tmp_path_factory.mktemp("e2e")
-    dbs = {service: infra.new_database(service) for service in MODULES}
+    dbs = {service: infra.new_database(service) for service in SERVICE_MODULES}
+    prepare(dbs)
     env = base_env(var / "var", infra.kafka, dbs)
-    import importlib
-
-    for service, module in MODULES.items():
-        run_migrations(dbs[service], Path(importlib.import_module(f"{module}.bootstrap")
-                                          .MIGRATIONS))
-    from provider_registry.seed import seed_demo
-    from provider_registry.tables import metadata
-
-    registry_db = Database(dbs["provider-registry"], metadata)
-    seed_demo(registry_db)
-    registry_db.dispose()
     running = start_stack(env, var / "logs")
     yield running
     codes = running.stop_all()
