@@ -32,7 +32,7 @@ e2e: $(STAMP)
 	$(PY) -m pytest -m e2e tests
 
 bench: $(STAMP)
-	$(PY) bench/submit_to_offer.py
+	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
 readme: $(STAMP)
 	$(PY) -m servicekit.readme

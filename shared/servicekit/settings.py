@@ -88,6 +88,16 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("WEB_CONCURRENCY", "1", "all", "gunicorn worker processes per api"),
     EnvVar("WEB_THREADS", "8", "all", "gunicorn threads per worker"),
     *_service_vars(),
+    # --- referral-intake settings ---
+    # --- end referral-intake ---
+    # --- provider-registry settings ---
+    # --- end provider-registry ---
+    # --- matching settings ---
+    # --- end matching ---
+    # --- notifications settings ---
+    # --- end notifications ---
+    # --- console settings ---
+    # --- end console ---
     EnvVar("TEST_DATABASE_URL", "", "tests, bench",
            "PostgreSQL server for tests (admin URL); else testcontainers, else 127.0.0.1:5432"),
 ]
