@@ -32,7 +32,7 @@ e2e: $(STAMP)
 	$(PY) -m pytest -m e2e tests
 
 bench: $(STAMP)
-	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+	$(PY) bench/run.py
 
 readme: $(STAMP)
 	$(PY) -m servicekit.readme
