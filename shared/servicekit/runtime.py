@@ -39,7 +39,8 @@ class WorkerSpec:
 def runner_config(settings: Settings) -> RunnerConfig:
     return RunnerConfig(max_retries=settings.int("CONSUMER_MAX_RETRIES"),
                         backoff_s=settings.int("CONSUMER_RETRY_BACKOFF_MS") / 1000,
-                        dlq_max_per_minute=settings.int("CONSUMER_DLQ_MAX_PER_MINUTE"))
+                        dlq_max_per_minute=settings.int("CONSUMER_DLQ_MAX_PER_MINUTE"),
+                        batch_size=settings.int("CONSUMER_BATCH_SIZE"))
 
 
 def build_components(settings: Settings, db: Database, spec: WorkerSpec
@@ -86,6 +87,7 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
             failed.set()
             stop.set()
 
+    metrics_server = serve_worker_metrics(settings)
     parts, producer = build_components(settings, db, spec)
     threads = [threading.Thread(target=_guard, args=(n, t), name=n, daemon=True)
                for n, t in parts]
@@ -98,7 +100,27 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
         t.join(timeout=30)
     producer.close(timeout=10)
     db.dispose()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return 1 if failed.is_set() else 0
+
+
+def serve_worker_metrics(settings: Settings) -> Any:
+    """Prometheus /metrics of a worker (consumer lag, outbox backlog, dead letters,
+    processing latency) on the service's port plus WORKER_METRICS_PORT_OFFSET."""
+    offset = settings.int("WORKER_METRICS_PORT_OFFSET")
+    if offset <= 0:
+        return None
+    from prometheus_client import start_http_server
+
+    port = settings.port + offset
+    try:
+        server, _thread = start_http_server(port, addr=settings.get("API_HOST"))
+    except OSError:  # the worker's job matters more than its metrics
+        log.warning("worker metrics port unavailable", extra={"fields": {"port": port}})
+        return None
+    log.info("worker metrics", extra={"fields": {"port": port}})
+    return server
 
 
 def serve_api(app_factory: Callable[[], Any], settings: Settings) -> None:
