@@ -51,6 +51,12 @@ class DecryptionError(Exception):
     unknown key id or malformed). The message is generic on purpose."""
 
 
+class _SettingsLike(Protocol):
+    """What :func:`load_pseudonym_key` reads (servicekit.settings.Settings fits)."""
+
+    def get(self, name: str, /) -> str: ...
+
+
 class KmsAdapter(Protocol):
     """What the PII code needs from a key-management service: wrap and unwrap data keys.
 
@@ -323,3 +329,35 @@ def wrapped_key_id(wrapped: str) -> str:
     if len(parts) != 3 or parts[0] != _WRAP_PREFIX or not _KID_RE.fullmatch(parts[1]):
         raise DecryptionError("malformed wrapped key")
     return parts[1]
+
+
+# --- officer pseudonym (referral-intake writes it into events, notifications reads feeds) ---
+
+
+def officer_pseudonym(key: bytes, sub: str) -> str:
+    """The officer's pseudonym (``officer_ref`` in events): HMAC of the token's ``sub``.
+
+    Both referral-intake (which stamps it on events) and notifications (which matches an
+    officer's token to their feed) compute it, so the key is its own secret
+    (``PSEUDONYM_KEY``), not derived from the PII keyring that notifications must not hold.
+    """
+    return blind_index(key, sub, purpose="officer")
+
+
+def load_pseudonym_key(settings: _SettingsLike) -> bytes:
+    """The pseudonym key: ``PSEUDONYM_KEY`` (base64 of >= 32 bytes) if set, else the file
+    ``PSEUDONYM_KEY_FILE``, created (0600, race-safe) when ``DEV_KEYS=1``."""
+    inline, path = settings.get("PSEUDONYM_KEY").strip(), Path(settings.get("PSEUDONYM_KEY_FILE"))
+    if not inline:
+        if not path.exists():
+            if settings.get("DEV_KEYS") != "1":
+                raise FileNotFoundError(f"pseudonym key file {path} does not exist")
+            write_file_once(path, base64.b64encode(new_data_key()) + b"\n", 0o600)
+        inline = path.read_text(encoding="ascii").strip()
+    try:
+        key = base64.b64decode(inline, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("pseudonym key is not base64") from None
+    if len(key) < KEY_BYTES:
+        raise ValueError(f"pseudonym key must be at least {KEY_BYTES} bytes")
+    return key

@@ -228,6 +228,9 @@ class ServiceLocationSchema(_Contract):
     lat = _degrees(90)
     lon = _degrees(180)
     geohash = fields.String(required=True, validate=_GEOHASH)
+    # optional (added by the registry's HSDS issue): a site whose address must never be shown
+    # to people (e.g. a domestic-violence shelter); routing still uses its coordinates
+    confidential = fields.Boolean(load_default=False)
 
 
 class ServiceAreaSchema(_Contract):
@@ -253,6 +256,9 @@ class ScheduleSchema(_Contract):
     always_open = fields.Boolean(required=True)
     timezone = fields.String(required=True, validate=_is_time_zone)
     hours = fields.List(fields.Nested(OpeningHoursSchema), load_default=list)
+    # optional (HSDS schedule.valid_from/valid_to): outside these dates the service is closed
+    valid_from = fields.Date(load_default=None, allow_none=True)
+    valid_to = fields.Date(load_default=None, allow_none=True)
 
 
 class CapacitySchema(_Contract):
@@ -298,6 +304,11 @@ class ReferralConsentChangedV1(_Contract):
     consent = fields.Nested(ConsentSchema, required=True)
     actor_role = _one_of(ACTOR_ROLES, required=True)
     occurred_at = UtcDateTime(required=True)
+    # optional (added later, still v1): who to tell without a lookup in intake's database
+    short_id = fields.String(load_default=None, allow_none=True,
+                             validate=validate.Regexp(r"R-[0-9A-Z]{4,10}\Z"))
+    agency_id = _id(load_default=None, allow_none=True)
+    officer_ref = _id(load_default=None, allow_none=True)
 
 
 class ReferralSlaBreachedV1(_Contract):
@@ -358,6 +369,8 @@ class ProviderServiceUpsertedV1(_Contract):
     capacity = fields.Nested(CapacitySchema, required=True)
     notification_channels = _list_of(NOTIFICATION_CHANNELS, required=True)
     updated_at = UtcDateTime(required=True)
+    # optional: when staff last confirmed the listing (stale after REGISTRY_STALE_AFTER_DAYS)
+    last_confirmed_at = UtcDateTime(load_default=None, allow_none=True)
 
     @validates_schema
     def _age_range(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -1,24 +1,29 @@
-"""referral-intake use cases. Handlers take the open session and never commit."""
+"""referral-intake use cases. Handlers take the open session and never commit.
+
+Every status or offer change goes through :func:`apply`, which asks the pure domain
+(``domain.decide``) and then persists the decision: offers, the referral row, timeline rows
+and one ``referral.status_changed`` event per change, all in the caller's transaction.
+"""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import false, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from servicekit import crypto, events, geo, outbox
 from servicekit.auth import Principal
 from servicekit.consumer import PermanentError
-from servicekit.db import locked
+from servicekit.db import locked, upsert
 
-from . import domain
-from .tables import consents, offers, referrals, subjects, timeline
+from . import domain, vault
+from .tables import consents, offers, referrals, services, subjects, timeline
 
 SOURCE = "referral-intake"
-PII_FIELDS = ("given_name", "family_name", "birth_date", "phone", "email")
+PII_FIELDS = vault.SUBJECT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -26,14 +31,30 @@ class Context:
     keyring: crypto.Keyring
     ttl: domain.OfferTtl
     pseudonym_key: bytes
+    keys: vault.KeySource | None = None
+    first_contact: domain.OfferTtl | None = None
+    audit_key: bytes = field(default=b"", repr=False)
+    break_glass: timedelta = timedelta(minutes=15)
+
+    @property
+    def keysource(self) -> vault.KeySource:
+        return self.keys or vault.KeySource(self.keyring, None)
 
 
 class NotFound(Exception):
     pass
 
 
+class Invalid(Exception):
+    """A request that is well-formed but names something unusable (422 naming ``field``)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field_name, message
+
+
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _age(subject: dict[str, Any], today: date) -> int | None:
@@ -55,41 +76,47 @@ def _eligibility(body: dict[str, Any], today: date) -> dict[str, Any]:
     }
 
 
-def _store_subject(session: Session, ctx: Context, subject: dict[str, Any],
-                   location: dict[str, float], now: datetime) -> tuple[str, bytes]:
-    subject_id = str(uuid.uuid4())
-    dek = crypto.new_data_key()
-    row: dict[str, Any] = {"id": subject_id, "wrapped_key": ctx.keyring.wrap(dek, subject_id),
-                           "key_version": 1, "created_at": now}
-    for name in PII_FIELDS:
-        value = subject.get(name)
-        if value is not None:
-            row[f"{name}_ct"] = crypto.encrypt_field(dek, str(value), table="subjects",
-                                                     column=name, row_id=subject_id, key_version=1)
-    row["location_ct"] = crypto.encrypt_field(dek, f"{location['lat']},{location['lon']}",
-                                              table="subjects", column="location",
-                                              row_id=subject_id, key_version=1)
-    session.execute(subjects.insert().values(**row))
-    return subject_id, dek
+def _shared_subject(session: Session, principal: Principal, body: dict[str, Any]
+                    ) -> tuple[str, bytes, Any]:
+    """Another need of a resident the officer already referred: reuse that subject."""
+    other = session.execute(select(referrals).where(
+        referrals.c.id == str(body["same_subject_as"]),
+        referrals.c.officer_sub == principal.sub)).first()
+    if other is None:
+        raise Invalid("same_subject_as", "No referral of yours with this id.")
+    return other.subject_id, b"", other
 
 
 def submit_referral(session: Session, ctx: Context, principal: Principal,
                     body: dict[str, Any]) -> dict[str, Any]:
-    """Store a new referral (PII encrypted) and emit ``referral.submitted``."""
+    """Store a new referral (PII encrypted, audited) and emit ``referral.submitted``."""
+    from . import audit, views
+
     now = _now()
     referral_id = str(uuid.uuid4())
-    subject_id, dek = _store_subject(session, ctx, body["subject"], body["location"], now)
-    coarse = geo.coarsen(body["location"]["lat"], body["location"]["lon"])
+    if body.get("same_subject_as"):
+        subject_id, _, other = _shared_subject(session, principal, body)
+        dek = vault.data_key(session, ctx.keysource, subject_id)
+        if dek is None:
+            raise Invalid("same_subject_as", "That resident's data was erased.")
+        coarse = {"geohash": other.geohash, "lat": other.coarse_lat, "lon": other.coarse_lon}
+        eligibility = dict(other.eligibility, flags=sorted(set(body.get("flags", []))))
+        written: list[str] = []
+    else:
+        subject_id, dek, written = vault.new_subject(session, ctx.keysource, body["subject"],
+                                                     body["location"], now)
+        coarse = dict(geo.coarsen(body["location"]["lat"], body["location"]["lon"]))
+        eligibility = _eligibility(body, now.date())
     notes = body.get("notes")
-    row = dict(
+    row = dict(  # noqa: C408 - keyword form reads like the table
         id=referral_id, short_id=domain.short_id(referral_id), subject_id=subject_id,
         need=body["need"], urgency=body["urgency"], status="submitted",
         agency_id=principal.agency, officer_sub=principal.sub,
         officer_ref=crypto.blind_index(ctx.pseudonym_key, principal.sub, purpose="officer"),
         geohash=coarse["geohash"], coarse_lat=coarse["lat"], coarse_lon=coarse["lon"],
-        eligibility=_eligibility(body, now.date()), created_at=now, updated_at=now,
-        notes_ct=None if not notes else crypto.encrypt_field(
-            dek, notes, table="referrals", column="notes", row_id=referral_id, key_version=1),
+        eligibility=eligibility, created_at=now, updated_at=now,
+        notes_ct=None if not notes else vault.seal(dek, notes, "referrals", "notes",
+                                                   referral_id),
     )
     session.execute(referrals.insert().values(**row))
     consent = body["consent"]
@@ -105,17 +132,22 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
     outbox.emit(session, events.REFERRAL_SUBMITTED, subject=referral_id, source=SOURCE, data={
         "referral_id": referral_id, "short_id": row["short_id"], "need": row["need"],
         "urgency": row["urgency"], "coarse_location": coarse,
-        "eligibility": {k: v for k, v in row["eligibility"].items() if v is not None},
-        "consent": _consent_summary(consent), "agency_id": principal.agency,
+        "eligibility": {k: v for k, v in eligibility.items() if v is not None},
+        "consent": consent_summary(consent), "agency_id": principal.agency,
         "officer_ref": row["officer_ref"], "submitted_at": now,
     })
-    return view_for(session, ctx, principal, referral_id)
+    # last, so the audit chain's head stays locked only until the commit that follows
+    audit.record(session, ctx.audit_key, actor=principal, action="write", purpose="intake",
+                 fields=written + (["notes"] if notes else []), referral_id=referral_id,
+                 subject_id=subject_id, now=now)
+    return views.submitted_view(row, consent, now)
 
 
-def _consent_summary(consent: dict[str, Any]) -> dict[str, Any]:
-    return {"share_with_provider": bool(consent["share_with_provider"]),
-            "referrer_updates": consent["referrer_updates"],
-            "contact_methods": sorted(set(consent.get("contact_methods", [])))}
+def consent_summary(consent: Any) -> dict[str, Any]:
+    c = dict(consent)
+    return {"share_with_provider": bool(c["share_with_provider"]),
+            "referrer_updates": c["referrer_updates"],
+            "contact_methods": sorted(set(c.get("contact_methods") or []))}
 
 
 def current_consent(session: Session, referral_id: str) -> dict[str, Any]:
@@ -126,28 +158,90 @@ def current_consent(session: Session, referral_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-def _status_event(session: Session, ref: Any, *, from_status: str | None, to_status: str,
-                  actor_role: str, offer: dict[str, Any] | None = None,
-                  reason_code: str | None = None, outcome_code: str | None = None,
-                  proposal_id: str | None = None, now: datetime) -> None:
+# ---- applying lifecycle decisions -----------------------------------------------------------
+
+def load_for_update(session: Session, referral_id: str) -> Any:
+    return session.execute(locked(session, select(referrals).where(
+        referrals.c.id == referral_id))).first()
+
+
+def domain_state(session: Session, ref: Any) -> domain.Referral:
+    rows = session.execute(select(offers).where(offers.c.referral_id == ref.id)
+                           .order_by(offers.c.created_at, offers.c.id)).all()
+    return domain.Referral(ref.status, tuple(
+        domain.Offer(r.id, r.service_id, r.organization_id, r.attempt, r.status, r.expires_at,
+                     r.reason_code) for r in rows))
+
+
+def _offer_data(o: domain.Offer) -> dict[str, Any]:
+    return {"offer_id": o.id, "service_id": o.service_id, "organization_id": o.organization_id,
+            "expires_at": o.expires_at, "status": o.status, "attempt": o.attempt}
+
+
+def apply(session: Session, ctx: Context, ref: Any, cmd: domain.Command, *, now: datetime,
+          proposal_id: str | None = None, note_ct: str | None = None
+          ) -> tuple[domain.Referral, list[domain.Change]]:
+    """Decide ``cmd`` for the locked referral row ``ref`` and persist the outcome."""
+    before = domain_state(session, ref)
+    after, changes = domain.decide(before, cmd)
+    old = {o.id: o for o in before.offers}
+    for o in after.offers:
+        if o.id not in old:
+            session.execute(offers.insert().values(
+                id=o.id, referral_id=ref.id, service_id=o.service_id,
+                organization_id=o.organization_id, attempt=o.attempt,
+                proposal_id=proposal_id or o.id, status=o.status, expires_at=o.expires_at,
+                created_at=now))
+        elif old[o.id].status != o.status:
+            session.execute(update(offers).where(offers.c.id == o.id).values(
+                status=o.status, reason_code=o.reason_code, answered_at=now))
+    if after.status != before.status:
+        session.execute(update(referrals).where(referrals.c.id == ref.id)
+                        .values(**_milestones(ctx, ref, after.status, changes, now)))
+    for change in changes:
+        _record(session, ref, change, now=now, proposal_id=proposal_id, note_ct=note_ct)
+    return after, changes
+
+
+def _milestones(ctx: Context, ref: Any, status: str, changes: list[domain.Change],
+                now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if status == "accepted":
+        values["accepted_at"] = now
+        ttl = ctx.first_contact or ctx.ttl
+        values["first_contact_due_at"] = ttl.expires_at(ref.urgency, now)
+    elif ref.status in domain.ACTIVE_CASE and ref.first_contact_at is None and \
+            changes[-1].actor_role == "provider":
+        values["first_contact_at"] = now
+    if status in domain.TERMINAL:
+        values["closed_at"] = now
+        values["outcome_code"] = changes[-1].outcome_code
+    return values
+
+
+def _record(session: Session, ref: Any, change: domain.Change, *, now: datetime,
+            proposal_id: str | None, note_ct: str | None) -> None:
     consent = current_consent(session, ref.id)
+    offer = _offer_data(change.offer) if change.offer else None
     session.execute(timeline.insert().values(
-        referral_id=ref.id, from_status=from_status, to_status=to_status, reason_code=reason_code,
-        outcome_code=outcome_code, actor_role=actor_role,
-        offer_id=offer["offer_id"] if offer else None, occurred_at=now))
+        referral_id=ref.id, from_status=change.from_status, to_status=change.to_status,
+        reason_code=change.reason_code, outcome_code=change.outcome_code,
+        actor_role=change.actor_role, offer_id=offer["offer_id"] if offer else None,
+        occurred_at=now, note_ct=note_ct))
     outbox.emit(session, events.REFERRAL_STATUS_CHANGED, subject=ref.id, source=SOURCE, data={
         "referral_id": ref.id, "short_id": ref.short_id, "need": ref.need,
         "urgency": ref.urgency, "agency_id": ref.agency_id, "officer_ref": ref.officer_ref,
-        "from_status": from_status, "to_status": to_status, "offer": offer,
-        "reason_code": reason_code, "outcome_code": outcome_code, "actor_role": actor_role,
-        "referrer_updates": consent["referrer_updates"], "proposal_id": proposal_id,
-        "occurred_at": now,
+        "from_status": change.from_status, "to_status": change.to_status, "offer": offer,
+        "reason_code": change.reason_code, "outcome_code": change.outcome_code,
+        "actor_role": change.actor_role, "referrer_updates": consent["referrer_updates"],
+        "proposal_id": proposal_id, "occurred_at": now,
     })
 
 
-def _load_for_update(session: Session, referral_id: str) -> Any:
-    ref = session.execute(locked(session, select(referrals).where(referrals.c.id == referral_id))
-                          ).first()
+# ---- events from matching and the registry -------------------------------------------------
+
+def _proposed_ref(session: Session, referral_id: str) -> Any:
+    ref = load_for_update(session, referral_id)
     if ref is None:
         raise PermanentError("proposal for an unknown referral")
     return ref
@@ -156,118 +250,46 @@ def _load_for_update(session: Session, referral_id: str) -> Any:
 def on_routing_proposed(session: Session, ctx: Context, env: events.Envelope) -> None:
     """Answer a proposal exactly once: make the offer, or void the proposal."""
     d = env.data
-    ref = _load_for_update(session, d["referral_id"])
+    ref = _proposed_ref(session, d["referral_id"])
     now = _now()
-    tried = session.execute(select(offers.c.id).where(
-        offers.c.referral_id == ref.id, offers.c.service_id == d["service_id"])).first()
-    routable = ref.status in ("submitted", "unmatched") and tried is None
-    offer = {"offer_id": str(uuid.uuid4()), "service_id": d["service_id"],
-             "organization_id": d["organization_id"], "attempt": d["attempt"],
-             "expires_at": ctx.ttl.expires_at(ref.urgency, now),
-             "status": "open" if routable else "withdrawn"}
-    if not routable:
-        _status_event(session, ref, from_status=ref.status, to_status=ref.status,
-                      actor_role="system", offer=offer, reason_code="proposal_void",
-                      proposal_id=env.id, now=now)
-        return
-    session.execute(offers.insert().values(
-        id=offer["offer_id"], referral_id=ref.id, service_id=offer["service_id"],
-        organization_id=offer["organization_id"], attempt=offer["attempt"],
-        proposal_id=env.id, status="open", expires_at=offer["expires_at"], created_at=now))
-    session.execute(update(referrals).where(referrals.c.id == ref.id)
-                    .values(status=domain.transition(ref.status, "offered"), updated_at=now))
-    _status_event(session, ref, from_status=ref.status, to_status="offered", actor_role="system",
-                  offer=offer, proposal_id=env.id, now=now)
+    remember_service(session, d["service_id"], d["organization_id"], now)
+    apply(session, ctx, ref, domain.Propose(
+        offer_id=str(uuid.uuid4()), service_id=d["service_id"],
+        organization_id=d["organization_id"], attempt=d["attempt"],
+        expires_at=ctx.ttl.expires_at(ref.urgency, now)), now=now, proposal_id=env.id)
 
 
 def on_routing_exhausted(session: Session, ctx: Context, env: events.Envelope) -> None:
-    ref = _load_for_update(session, env.data["referral_id"])
-    if ref.status != "submitted":
-        return  # already placed or closed: nothing to record
-    now = _now()
-    session.execute(update(referrals).where(referrals.c.id == ref.id)
-                    .values(status="unmatched", updated_at=now))
-    _status_event(session, ref, from_status="submitted", to_status="unmatched",
-                  actor_role="system", reason_code=None, now=now)
+    ref = _proposed_ref(session, env.data["referral_id"])
+    apply(session, ctx, ref, domain.Exhaust(), now=_now())
 
 
-# ---- queries -------------------------------------------------------------------------------
-
-def _open_or_accepted_offer(session: Session, referral_id: str, org: str | None) -> Any:
-    cond = [offers.c.referral_id == referral_id, offers.c.status.in_(("open", "accepted"))]
-    if org is not None:
-        cond.append(offers.c.organization_id == org)
-    return session.execute(select(offers).where(*cond).order_by(offers.c.created_at.desc())
-                           ).first()
-
-
-def _visible(principal: Principal) -> Any:
-    if principal.role == "officer":
-        return referrals.c.officer_sub == principal.sub
-    if principal.role == "supervisor":
-        return referrals.c.agency_id == principal.agency
-    if principal.role == "provider":
-        mine = select(offers.c.referral_id).where(
-            offers.c.organization_id == principal.org,
-            offers.c.status.in_(("open", "accepted")))
-        return referrals.c.id.in_(mine)
-    return false()  # admins manage the system, not cases
+def remember_service(session: Session, service_id: str, org_id: str, now: datetime,
+                     **names: Any) -> None:
+    values = {"id": service_id, "organization_id": org_id, "updated_at": now, **names}
+    stmt = upsert(session, services).values(**values)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[services.c.id],
+        set_={k: stmt.excluded[k] for k in values if k != "id"}))
 
 
-def list_for(session: Session, ctx: Context, principal: Principal, *, limit: int, offset: int
-             ) -> tuple[list[dict[str, Any]], int]:
-    cond = _visible(principal)
-    total = session.execute(select(func.count()).select_from(referrals).where(cond)).scalar_one()
-    rows = session.execute(select(referrals).where(cond)
-                           .order_by(referrals.c.created_at.desc(), referrals.c.id)
-                           .limit(limit).offset(offset)).all()
-    return [_render(session, ctx, principal, ref) for ref in rows], int(total)
+def on_service_upserted(session: Session, ctx: Context, env: events.Envelope) -> None:
+    d = env.data
+    remember_service(session, d["service_id"], d["organization_id"], _now(),
+                     organization_name=d["organization_name"], service_name=d["service_name"],
+                     removed=False)
 
 
-def view_for(session: Session, ctx: Context, principal: Principal, referral_id: str
-             ) -> dict[str, Any]:
-    """The referral as ``principal`` may see it under the resident's consent."""
-    ref = session.execute(select(referrals).where(referrals.c.id == referral_id,
-                                                  _visible(principal))).first()
-    if ref is None:
-        raise NotFound(referral_id)
-    return _render(session, ctx, principal, ref)
+def on_service_removed(session: Session, ctx: Context, env: events.Envelope) -> None:
+    session.execute(update(services).where(services.c.id == env.data["service_id"])
+                    .values(removed=True, updated_at=_now()))
 
 
-def _render(session: Session, ctx: Context, principal: Principal, ref: Any) -> dict[str, Any]:
-    """One visible referral row as ``principal`` may see it."""
-    consent = current_consent(session, ref.id)
-    base = {"id": ref.id, "short_id": ref.short_id, "need": ref.need, "urgency": ref.urgency,
-            "created_at": ref.created_at}
-    if principal.role == "officer":
-        return {**base, "status": domain.status_for_referrer(ref.status,
-                                                             consent["referrer_updates"])}
-    view = {**base, "status": ref.status, "agency_id": ref.agency_id,
-            "coarse_location": {"geohash": ref.geohash, "lat": ref.coarse_lat,
-                                "lon": ref.coarse_lon},
-            "eligibility": ref.eligibility, "updated_at": ref.updated_at}
-    if principal.role == "provider":
-        offer = _open_or_accepted_offer(session, ref.id, principal.org)
-        view["offer"] = None if offer is None else {
-            "id": offer.id, "service_id": offer.service_id, "status": offer.status,
-            "expires_at": offer.expires_at, "attempt": offer.attempt}
-        view["contact"] = None
-        if offer is not None and consent["share_with_provider"]:
-            view["contact"] = {**_decrypt_subject(session, ctx, ref.subject_id),
-                               "contact_methods": consent["contact_methods"]}
-    return view
+def subject_referrals(session: Session, subject_id: str) -> list[Any]:
+    return list(session.execute(select(referrals).where(referrals.c.subject_id == subject_id)
+                                .order_by(referrals.c.created_at)).all())
 
 
-def _decrypt_subject(session: Session, ctx: Context, subject_id: str) -> dict[str, Any]:
-    row = session.execute(select(subjects).where(subjects.c.id == subject_id)).first()
-    if row is None or row.wrapped_key is None:
-        return {}
-    dek = ctx.keyring.unwrap(row.wrapped_key, subject_id)
-    out = {}
-    for name in PII_FIELDS:
-        token = getattr(row, f"{name}_ct")
-        if token:
-            out[name] = crypto.decrypt_field(dek, token, table="subjects", column=name,
-                                             row_id=subject_id, key_version=row.key_version)
-    return out
-
+def is_erased(session: Session, subject_id: str) -> bool:
+    return session.execute(select(subjects.c.wrapped_key).where(
+        subjects.c.id == subject_id)).scalar() is None

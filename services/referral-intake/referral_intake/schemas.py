@@ -1,7 +1,7 @@
 """HTTP request/response schemas of referral-intake (marshmallow; unknown fields rejected)."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import (
@@ -14,7 +14,7 @@ from marshmallow import (
 )
 
 from servicekit import events
-from servicekit.schemas import LANGUAGE_TAG, Strict
+from servicekit.schemas import LANGUAGE_TAG, PageArgs, Strict
 
 E164 = validate.Regexp(r"^\+[1-9]\d{6,14}$", error="Not an E.164 phone number (+15551234567).")
 NAME = validate.Length(min=1, max=100)
@@ -33,7 +33,7 @@ class SubjectIn(Strict):
 
     @validates("birth_date")
     def _not_future(self, value: date, **_: Any) -> None:
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         if value > today:
             raise ValidationError("Birth date is in the future.")
         if value.year < today.year - 120:
@@ -57,7 +57,7 @@ class ConsentIn(Strict):
                                   required=True)
     obtained_via = fields.String(required=True,
                                  validate=validate.OneOf(("verbal", "written", "electronic")))
-    expires_at = fields.AwareDateTime(default_timezone=timezone.utc)
+    expires_at = fields.AwareDateTime(default_timezone=UTC)
 
 
 class ReferralIn(Strict):
@@ -95,6 +95,77 @@ class ReferralOut(Schema):
 
 class ReferralPage(Schema):
     items = fields.List(fields.Nested(ReferralOut))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class ReferralCreateIn(ReferralIn):
+    """A new referral; ``same_subject_as`` files another need of a resident the officer
+    already referred (then ``subject`` and ``location`` are taken from that referral)."""
+
+    subject = fields.Nested(SubjectIn)
+    location = fields.Nested(LocationIn)
+    same_subject_as = fields.UUID()
+
+    @validates_schema
+    def _subject_once(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("same_subject_as"):
+            for name in ("subject", "location"):
+                if name in data:
+                    raise ValidationError("Omit when same_subject_as is given.", field_name=name)
+        else:
+            for name in ("subject", "location"):
+                if name not in data:
+                    raise ValidationError("Missing data for required field.", field_name=name)
+
+
+class DeclineIn(Strict):
+    reason = fields.String(required=True, validate=validate.OneOf(events.DECLINE_REASONS))
+
+
+class ProgressIn(Strict):
+    status = fields.String(required=True, validate=validate.OneOf(("in_progress", "on_hold")))
+    note = fields.String(validate=validate.Length(max=4000))
+
+
+class CloseIn(Strict):
+    outcome = fields.String(required=True, validate=validate.OneOf(("completed", "failed")))
+    outcome_code = fields.String(required=True, validate=validate.OneOf(events.OUTCOMES))
+    note = fields.String(validate=validate.Length(max=4000))
+
+
+class EmptyIn(Strict):
+    pass
+
+
+class AssignIn(Strict):
+    service_id = fields.String(required=True, validate=validate.Length(1, 200))
+    organization_id = fields.String(validate=validate.Length(1, 200))
+
+
+class PiiAccessIn(Strict):
+    reason = fields.String(required=True, validate=validate.Length(min=10, max=500))
+
+
+class ReferralListArgs(PageArgs):
+    status = fields.String(validate=validate.OneOf(events.STATUSES))
+
+
+class AuditArgs(PageArgs):
+    referral_id = fields.UUID()
+
+
+class FullReferralOut(ReferralOut):
+    consent = fields.Dict(allow_none=True)
+    provider = fields.Dict(allow_none=True)
+    offers = fields.List(fields.Dict())
+    outcome_code = fields.String(allow_none=True)
+    pii = fields.Dict(allow_none=True)
+
+
+class FullReferralPage(Schema):
+    items = fields.List(fields.Nested(FullReferralOut))
     total = fields.Integer()
     limit = fields.Integer()
     offset = fields.Integer()
