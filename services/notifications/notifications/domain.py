@@ -9,15 +9,21 @@ officer pseudonym, organization) decides *who* is told, never *what* they read.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 IN_APP = "in_app"
 RECIPIENT_KINDS = ("org", "user", "agency_supervisors")
-KINDS = ("offer_made", "offer_withdrawn", "referral_cancelled", "milestone", "unmatched",
-         "sla_breached")
+KINDS = ("offer_made", "offer_reminder", "offer_withdrawn", "referral_cancelled", "milestone",
+         "unmatched", "sla_breached", "repeated_refusals")
+EXTERNAL_CHANNELS = ("email", "webhook", "sms")
+# A provider's offers reach its in-app feed whatever the preferences say (issue 6).
+ALWAYS_IN_APP_FOR_PROVIDERS = frozenset({"offer_made", "offer_reminder"})
+REMINDER_FRACTION = 0.75  # remind when this share of the response window has passed
+REFUSALS_ALERT = 3  # the third decline or expiry of one referral alerts the supervisors
 
 # Referrer milestones under consent `milestones` (DESIGN.md §5): no provider identity.
 MILESTONE_TEXT = {
@@ -113,11 +119,11 @@ def _on_submitted(data: Data) -> list[Draft]:
     return [_referrer_draft(facts, data, MILESTONE_TEXT["received"])]
 
 
-def _on_status_changed(data: Data) -> list[Draft]:
+def _on_status_changed(data: Data, refusals: int) -> list[Draft]:
     if data.get("reason_code") == "proposal_void":
         return []  # a proposal answered "no": nothing changed for anyone
     facts = facts_of(data)
-    return [*_for_organization(facts, data), *_for_supervisors(facts, data),
+    return [*_for_organization(facts, data), *_for_supervisors(facts, data, refusals),
             *_for_referrer(facts, data)]
 
 
@@ -153,12 +159,24 @@ def _for_organization(facts: Facts, data: Data) -> list[Draft]:
     return []
 
 
-def _for_supervisors(facts: Facts, data: Data) -> list[Draft]:
-    if data["to_status"] != "unmatched" or data.get("from_status") == "unmatched":
-        return []
-    return [_draft(facts, ("agency_supervisors", str(data["agency_id"])), "unmatched",
-                   f"Unmatched: {facts.short_id}",
-                   f"No eligible provider found for {facts.label} — re-route or assign it")]
+def is_refusal(data: Data) -> bool:
+    """Does this status change record a declined or expired offer?"""
+    offer = data.get("offer")
+    return offer is not None and offer["status"] in ("declined", "expired")
+
+
+def _for_supervisors(facts: Facts, data: Data, refusals: int) -> list[Draft]:
+    agency = ("agency_supervisors", str(data["agency_id"]))
+    out = []
+    if is_refusal(data) and refusals == REFUSALS_ALERT:
+        out.append(_draft(facts, agency, "repeated_refusals",
+                          f"Declined {refusals} times: {facts.short_id}",
+                          f"The {facts.label} was declined or expired {refusals} times"
+                          " — consider re-routing or assigning it"))
+    if data["to_status"] == "unmatched" and data.get("from_status") != "unmatched":
+        out.append(_draft(facts, agency, "unmatched", f"Unmatched: {facts.short_id}",
+                          f"No eligible provider found for {facts.label} — re-route or assign it"))
+    return out
 
 
 def _for_referrer(facts: Facts, data: Data) -> list[Draft]:
@@ -179,17 +197,52 @@ def _referrer_draft(facts: Facts, data: Data, what: str) -> Draft:
                   f"Referral {facts.short_id}: {what}", f"Your {facts.label}: {what}")
 
 
-RULES: dict[str, Callable[[Data], list[Draft]]] = {
-    "referral.submitted": _on_submitted,
-    "referral.status_changed": _on_status_changed,
-    "referral.sla_breached": _on_sla_breached,
-}
+def notifications_for(event_type: str, data: Data, *, refusals: int = 0) -> list[Draft]:
+    """The notifications one event causes (empty for types that notify nobody).
+
+    ``refusals``: how many offers of the referral were declined or expired, this one included.
+    """
+    if event_type == "referral.submitted":
+        return _on_submitted(data)
+    if event_type == "referral.status_changed":
+        return _on_status_changed(data, refusals)
+    if event_type == "referral.sla_breached":
+        return _on_sla_breached(data)
+    return []
 
 
-def notifications_for(event_type: str, data: Data) -> list[Draft]:
-    """The notifications one event causes (empty for types that notify nobody)."""
-    rule = RULES.get(event_type)
-    return [] if rule is None else rule(data)
+# --- offer reminders --------------------------------------------------------------------
+
+def reminder_at(offered_at: datetime, expires_at: datetime) -> datetime:
+    """When REMINDER_FRACTION of the response window has passed."""
+    return offered_at + (expires_at - offered_at) * REMINDER_FRACTION
+
+
+def reminder_draft(facts: Facts, organization_id: str, expires_at: str, now: str) -> Draft:
+    due = format_deadline(expires_at, now)
+    return _draft(facts, ("org", organization_id), "offer_reminder",
+                  f"Reminder: respond by {due} — {facts.short_id}",
+                  f"The offer of {facts.label} to your organization expires at {due}")
+
+
+# --- preferences and delivery -----------------------------------------------------------
+
+def reaches_in_app(kind: str, recipient_kind: str, channels: list[str] | None) -> bool:
+    """Does a notification appear in a user's feed, given their chosen ``channels``
+    (None: no preferences saved, so everything does)?"""
+    if channels is None or IN_APP in channels:
+        return True
+    return recipient_kind == "org" and kind in ALWAYS_IN_APP_FOR_PROVIDERS
+
+
+def retry_delay(attempt: int, base_s: float, cap_s: float,
+                rand: random.Random | None = None) -> timedelta:
+    """Exponential backoff with jitter after failed ``attempt`` (1-based): half the
+    exponential step fixed, half random ("equal jitter"), so delays still grow while
+    dispatchers that failed together spread out."""
+    step = min(cap_s, base_s * 2 ** (attempt - 1))
+    jitter = (rand or random).uniform(0, step / 2)
+    return timedelta(seconds=step / 2 + jitter)
 
 
 def referrer_may_keep(referrer_updates: str) -> bool:

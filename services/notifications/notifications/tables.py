@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -44,20 +45,98 @@ notifications = Table(
     Index("ix_notifications_feed", "recipient_kind", "recipient_id", "created_at"),
 )
 
-# Delivery log for the channels a later issue adds (email, webhook): one row per attempt
-# series; the in-app channel is delivered by being stored and writes no rows.
+# Delivery log of the external channels (email, webhook, sms): one row per (notification,
+# channel, target); the in-app channel is delivered by being stored and writes no rows.
 deliveries = Table(
     "deliveries", metadata,
     Column("id", String(36), primary_key=True),
     Column("notification_id", String(36), ForeignKey("notifications.id", ondelete="CASCADE"),
            nullable=False, index=True),
-    Column("channel", String(20), nullable=False),
-    Column("status", String(20), nullable=False),  # pending | sent | failed | dead
+    Column("channel", String(20), nullable=False),       # email | webhook | sms
+    Column("target_kind", String(20), nullable=False),   # webhook | user
+    Column("target_id", String(200), nullable=False),    # webhook id | preferences.user_id
+    Column("status", String(20), nullable=False),        # pending | sent | failed | cancelled
     Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("retry_base", Integer, nullable=False, server_default="0"),  # attempts before a manual retry
     Column("error", Text),  # our own short error text, never a response body
-    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_status_code", Integer),
+    Column("next_attempt_at", DateTime(timezone=True)),  # also the lease of a claimed row
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("notification_id", "channel", "target_id"),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
+)
+
+# Every attempt of every delivery, as it happened.
+delivery_attempts = Table(
+    "delivery_attempts", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("delivery_id", String(36), ForeignKey("deliveries.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(20), nullable=False),  # sent | retry | failed
+    Column("error", Text),
+    Column("status_code", Integer),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+)
+
+# Webhooks registered per organization; the secret signs bodies (HMAC-SHA256) and is shown
+# once, when it is issued.
+webhooks = Table(
+    "webhooks", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(200), nullable=False, index=True),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("organization_id", "url"),
+)
+
+# Per-user channel choices. user_id: the officer pseudonym for officers, else the token sub.
+# email / sms_number are staff contact points (never a resident's).
+preferences = Table(
+    "preferences", metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("organization_id", String(200), index=True),
+    Column("agency_id", String(200), index=True),
+    Column("channels", JSON, nullable=False),
+    Column("email", String(320)),
+    Column("sms_number", String(20)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Offers awaiting their 75 % reminder.
+offer_reminders = Table(
+    "offer_reminders", metadata,
+    Column("offer_id", String(200), primary_key=True),
+    Column("referral_id", String(36), nullable=False, index=True),
+    Column("organization_id", String(200), nullable=False),
+    Column("short_id", String(12), nullable=False),
+    Column("need", String(40), nullable=False),
+    Column("urgency", String(20), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("remind_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | sent | cancelled
+    Index("ix_offer_reminders_due", "status", "remind_at"),
+)
+
+# Offers of a referral that were declined or expired (third one alerts the supervisors).
+offer_refusals = Table(
+    "offer_refusals", metadata,
+    Column("offer_id", String(200), primary_key=True),
+    Column("referral_id", String(36), nullable=False, index=True),
+    Column("status", String(20), nullable=False),
+)
+
+# Referrals erased (DESIGN §5): later notifications about them carry no text and are not sent.
+erased_referrals = Table(
+    "erased_referrals", metadata,
+    Column("referral_id", String(36), primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
 )
 
 # Read model built from provider.events: which channels each organization wants.

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from notifications_fixtures import (
@@ -155,8 +157,10 @@ def test_no_identifier_other_than_the_referral_reaches_any_text() -> None:
     """Agency, officer pseudonym, organization, service, offer and proposal ids carry a
     canary; across every status change, consent level and offer state none may leak."""
     drafts = [d for data in _every_status_change()
-              for d in domain.notifications_for(STATUS, data)]
+              for d in domain.notifications_for(STATUS, data, refusals=3)]
     drafts += domain.notifications_for(events.REFERRAL_SUBMITTED, submitted("full"))
+    facts = domain.facts_of(status_changed())
+    drafts.append(domain.reminder_draft(facts, ORG, "2026-03-02T14:30:00Z", "2026-03-02T14:20:00Z"))
     drafts += domain.notifications_for(events.REFERRAL_SLA_BREACHED, sla_breached("first_contact"))
     assert len(drafts) > 100  # the sweep really produced notifications
     assert {d.kind for d in drafts} == set(domain.KINDS)
@@ -164,3 +168,48 @@ def test_no_identifier_other_than_the_referral_reaches_any_text() -> None:
         assert CANARY not in d.title + d.body + d.link, d
         assert d.recipient_kind in domain.RECIPIENT_KINDS
         assert d.link == f"/referrals/{d.referral_id}"
+
+
+def test_reminder_falls_when_three_quarters_of_the_response_window_have_passed() -> None:
+    offered = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    assert domain.reminder_at(offered, offered + timedelta(hours=4)) == offered + timedelta(
+        hours=3)
+    facts = domain.facts_of(status_changed())
+    draft = domain.reminder_draft(facts, ORG, "2026-03-02T18:00:00Z", "2026-03-02T17:00:00Z")
+    assert (draft.recipient_kind, draft.recipient_id, draft.kind) == ("org", ORG,
+                                                                      "offer_reminder")
+    assert "18:00 UTC" in draft.body and "R-7F3K" in draft.title
+
+
+@pytest.mark.parametrize("refusals, alerted", [(1, False), (2, False), (3, True), (4, False)])
+def test_only_the_third_decline_or_expiry_alerts_the_agency_supervisors(
+        refusals: int, alerted: bool) -> None:
+    data = status_changed(from_status="offered", to_status="submitted",
+                          offer_=offer(status="declined"), reason_code="no_capacity",
+                          referrer_updates="none")
+    drafts = domain.notifications_for(STATUS, data, refusals=refusals)
+    sup = [d for d in drafts if d.kind == "repeated_refusals"]
+    assert bool(sup) is alerted
+    if alerted:
+        assert (sup[0].recipient_kind, sup[0].recipient_id) == ("agency_supervisors", AGENCY)
+    accepted = status_changed(from_status="offered", to_status="accepted",
+                              offer_=offer(status="accepted"), referrer_updates="none")
+    assert domain.notifications_for(STATUS, accepted, refusals=3) == []  # not a refusal
+
+
+def test_provider_offers_reach_the_feed_whatever_the_preferences() -> None:
+    assert domain.reaches_in_app("offer_made", "org", ["email"])
+    assert domain.reaches_in_app("offer_reminder", "org", [])
+    assert not domain.reaches_in_app("offer_withdrawn", "org", ["email"])
+    assert not domain.reaches_in_app("unmatched", "agency_supervisors", ["email"])
+    assert domain.reaches_in_app("milestone", "user", None)  # no preferences: everything
+
+
+def test_retry_delays_grow_exponentially_with_bounded_jitter_and_a_cap() -> None:
+    rand = random.Random(7)
+    for attempt in range(1, 8):
+        step = min(60.0, 2.0 * 2 ** (attempt - 1))
+        delays = {domain.retry_delay(attempt, 2.0, 60.0, rand).total_seconds()
+                  for _ in range(50)}
+        assert all(step / 2 <= d <= step for d in delays), (attempt, delays)
+        assert len(delays) > 1  # jittered, not a fixed schedule

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from notifications import bootstrap, handlers
 from notifications.tables import metadata, notifications, org_view
-from servicekit import events, inbox
+from servicekit import crypto, events, inbox
 from servicekit import kafka as kafkakit
 from servicekit.auth import mint_dev_token
 from servicekit.consumer import ConsumerRunner
@@ -178,15 +178,23 @@ def test_supervisor_feed_shows_their_agency_unmatched_referrals(
     assert other["total"] == 0
 
 
-def test_officer_feed_stays_empty_until_the_pseudonym_is_resolvable(
+def test_officer_reads_the_notifications_addressed_to_their_pseudonym(
         db: Database, client: FlaskClient, settings: Settings) -> None:
+    """referral-intake stamps officer_ref = officer_pseudonym(PSEUDONYM_KEY, sub); the
+    feed derives the same value from the officer's token, and no other officer's."""
+    key = crypto.load_pseudonym_key(settings)
+    mine = crypto.officer_pseudonym(key, "officer-ortiz")
     data = status_changed(from_status="offered", to_status="accepted",
                           offer_=offer(status="accepted"), referrer_updates="full")
-    _handle(db, envelope(STATUS, data))
-    assert len(_rows(db, recipient_kind="user")) == 1  # stored for the pseudonym ...
-    feed = client.get("/v1/notifications",
-                      headers=_auth(settings, role="officer", agency=AGENCY))
-    assert feed.status_code == 200 and feed.get_json()["total"] == 0  # ... not guessed
+    _handle(db, envelope(STATUS, {**data, "officer_ref": mine}))
+    token = mint_dev_token(settings, sub="officer-ortiz", role="officer", agency=AGENCY)
+    feed = client.get("/v1/notifications", headers={"Authorization": f"Bearer {token}"})
+    assert feed.status_code == 200
+    (item,) = feed.get_json()["items"]
+    assert item["kind"] == "milestone" and item["body"].endswith("now accepted")
+    other = client.get("/v1/notifications",
+                       headers=_auth(settings, role="officer", agency=AGENCY)).get_json()
+    assert other["total"] == 0
 
 
 def test_erasure_removes_the_stored_text_of_the_referrals_notifications(db: Database) -> None:
@@ -240,6 +248,7 @@ def test_worker_consumes_referral_and_provider_events_without_a_relay(settings: 
     database, spec = bootstrap.worker(settings)
     database.dispose()
     assert spec.relay is False
+    assert [getattr(t, "__name__", "") for t in spec.timers] == ["run_forever", "offer_reminders"]
     (consumer,) = spec.consumers
     assert consumer.name == "notifications"
     assert set(consumer.topics) == {events.REFERRAL_EVENTS, events.PROVIDER_EVENTS}
