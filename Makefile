@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test unit integration e2e bench lint typecheck seed clean
+.PHONY: up test unit integration e2e bench lint typecheck seed clean chromium
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -16,19 +16,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The console's browser tests drive Debian's chromium through Playwright (never
+# `playwright install`); installed here when missing (root, or sudo, with apt-get).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
 up: $(STAMP)
 	$(VENV)/bin/referrals up
 
 seed: $(STAMP)
 	$(VENV)/bin/referrals seed
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration and not e2e" shared/tests/unit services
 
-e2e: $(STAMP)
+e2e: $(STAMP) chromium
 	$(PY) -m pytest -m e2e tests
 
 bench: $(STAMP)

@@ -19,18 +19,23 @@ from .settings import SERVICE_INFO, SERVICE_MODULES, Settings
 
 ALIASES = {"intake": "referral-intake", "registry": "provider-registry"}
 SHORT_NAMES = {service: alias for alias, service in ALIASES.items()}
+# top-level commands that live in a service's CLI: `referrals keys rotate` -> intake's `keys`
+DELEGATED = {"keys": "referral-intake", "audit": "referral-intake"}
 
 
 class _Services(click.Group):
     """Resolves `referrals intake ...`, `referrals referral-intake ...` lazily."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(super().list_commands(ctx) + list(SERVICE_MODULES))
+        return sorted(super().list_commands(ctx) + list(SERVICE_MODULES) + list(DELEGATED))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         service = ALIASES.get(name, name)
         if service in SERVICE_MODULES:
             return importlib.import_module(f"{SERVICE_MODULES[service]}.__main__").cli
+        if name in DELEGATED:
+            group = importlib.import_module(f"{SERVICE_MODULES[DELEGATED[name]]}.__main__").cli
+            return group.get_command(ctx, name)  # type: ignore[no-any-return]
         return super().get_command(ctx, name)
 
 
@@ -65,12 +70,20 @@ def demo_tokens(settings: Settings) -> list[tuple[str, str, str]]:
 
 
 @main.command()
-def seed() -> None:
+@click.option("--providers", "providers", type=click.IntRange(min=1), default=None,
+              help="also build a synthetic city of N provider services (deterministic)")
+@click.option("--seed", "seed_value", type=int, default=1, show_default=True,
+              help="random seed of the synthetic city (same N and seed: same city)")
+def seed(providers: int | None, seed_value: int) -> None:
     """Load the demo provider directory (idempotent) and print demo users' tokens."""
     url = _database_url("provider-registry")
     provisioning.migrate({"provider-registry": url})
     provisioning.seed_demo_directory(url)
     click.echo("seeded demo providers: " + ", ".join((demo.DEMO_ORG_NAME, demo.DEMO_ORG2_NAME)))
+    if providers:
+        created = provisioning.seed_synthetic_city(url, providers, seed_value)
+        click.echo(f"synthetic city (seed {seed_value}): {providers} services, "
+                   f"{created} new", err=True)
     for role, sub, tok in demo_tokens(Settings.from_env("cli")):
         click.echo(f"{role:<10} {sub:<26} {tok}")
 
@@ -108,11 +121,14 @@ def up(do_seed: bool) -> None:
         for kind in ("api", "worker"):
             manager.add_process(f"{short}-{kind}", f"{sys.executable} -m {module} {kind}",
                                 env=env)
+    manager.add_process("console", f"{sys.executable} -m console api", env=env)
     click.echo("\nReferral routing is starting (Ctrl-C stops everything):")
     click.echo(f"  Kafka broker        {env['KAFKA_BOOTSTRAP_SERVERS']}")
     for service, (prefix, _port) in SERVICE_INFO.items():
         port = Settings.from_env(service).port
         click.echo(f"  {service:<19} http://127.0.0.1:{port}  (OpenAPI: /openapi.json)")
+    click.echo(f"  {'console':<19} http://127.0.0.1:{settings.int('CONSOLE_PORT')}  "
+               "(web UI; demo sign-in)")
     click.echo("")
     manager.loop()
     sys.exit(manager.returncode)

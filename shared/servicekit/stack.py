@@ -58,17 +58,24 @@ def base_env(var_dir: Path, kafka: str, database_urls: dict[str, str]) -> dict[s
         prefix = SERVICE_INFO[service][0]
         env[f"{prefix}_DATABASE_URL"] = url
         env[f"{prefix}_PORT"] = str(free_port())
+    env["CONSOLE_PORT"] = str(free_port())
     return env
 
 
-def start_stack(env: dict[str, str], log_dir: Path) -> Stack:
-    """Start every api and worker; return when every api answers /healthz."""
+def start_stack(env: dict[str, str], log_dir: Path, timeout: float = 60) -> Stack:
+    """Start every api and worker; return when every api answers /healthz.
+
+    If they do not within ``timeout`` seconds, every process started is stopped before the
+    error is raised (a failed start must not leave servers running)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     urls = {s: f"http://127.0.0.1:{env[SERVICE_INFO[s][0] + '_PORT']}" for s in SERVICE_MODULES}
     stack = Stack(env=env, urls=urls, log_dir=log_dir)
     for service, module in SERVICE_MODULES.items():
         for kind in ("api", "worker"):
             stack.start(f"{service}-{kind}", module, kind)
+    if env.get("CONSOLE_PORT"):  # the web console (no worker, no database)
+        urls["console"] = f"http://127.0.0.1:{env['CONSOLE_PORT']}"
+        stack.start("console-api", "console", "api")
 
     def healthy() -> bool:
         for name, proc in stack.procs.items():
@@ -79,5 +86,10 @@ def start_stack(env: dict[str, str], log_dir: Path) -> Stack:
         except requests.RequestException:
             return False
 
-    wait_for(healthy, timeout=60, interval=0.2, message="every api to answer /healthz")
+    try:
+        wait_for(healthy, timeout=timeout, interval=0.2, message="every api to answer /healthz")
+    except BaseException:
+        for name in list(stack.procs):
+            stack.stop(name, signal.SIGKILL)
+        raise
     return stack

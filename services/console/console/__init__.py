@@ -1,0 +1,1 @@
+"""The web console: officers, providers, supervisors and admins meet the product here."""
