@@ -33,7 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = ROOT / "pyproject.toml"
 
 KINDS = ("migrate", "api", "worker")
-KAFKA, POSTGRES, SEED = "kafka", "postgres", "seed"
+KAFKA, POSTGRES, SEED, CONSOLE = "kafka", "postgres", "seed", "console"
 KAFKA_PORT = 9092  # DESIGN.md §8
 ENV_VARS = {var.name: var for var in ENVIRONMENT}
 SEED_OWNER = "provider-registry"  # `referrals seed` loads the registry's demo directory
@@ -182,6 +182,8 @@ def owner_of(container: str) -> str | None:
     """Which service a container belongs to (``seed`` belongs to the registry)."""
     if container == SEED:
         return SEED_OWNER
+    if container == CONSOLE:
+        return CONSOLE
     for service in SERVICE_INFO:
         if container in (name(service, kind) for kind in KINDS):
             return service
@@ -196,7 +198,7 @@ def check_layout(compose: Compose) -> Problems:
     svcs = services(compose)
     problems = [f"{name(s, k)}: missing" for s in SERVICE_INFO for k in KINDS
                 if name(s, k) not in svcs]
-    problems += [f"{n}: missing" for n in (KAFKA, POSTGRES, SEED) if n not in svcs]
+    problems += [f"{n}: missing" for n in (KAFKA, POSTGRES, SEED, CONSOLE) if n not in svcs]
     return problems
 
 
@@ -515,9 +517,9 @@ def check_shared_var_dir(compose: Compose) -> Problems:
             continue
         volumes_used.update(sources)
         owner = owner_of(container)
-        settings = Settings.from_env(owner if container != SEED else "cli", env)
+        settings = Settings.from_env(owner if owner in SERVICE_INFO else "cli", env)
         key_files = {"JWT_PUBLIC_KEY_FILE": settings.get("JWT_PUBLIC_KEY_FILE")}
-        if container == SEED:
+        if container in (SEED, CONSOLE):  # both sign dev tokens (seed prints, console signs in)
             key_files["JWT_PRIVATE_KEY_FILE"] = settings.get("JWT_PRIVATE_KEY_FILE")
         public_keys.add(key_files["JWT_PUBLIC_KEY_FILE"])
         if owner == "referral-intake" and container != SEED:
