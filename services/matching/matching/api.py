@@ -58,7 +58,9 @@ def simulate(body: dict[str, Any]) -> dict[str, Any]:
     """Dry-run a referral profile: ranked candidates with scores and per-constraint
     eliminations. Reserves nothing and writes nothing."""
     with _db().uow() as uow:
-        return queries.simulate(uow.session, body, datetime.now(UTC))  # never committed
+        policy = current_app.extensions["matching_policy"]
+        return queries.simulate(uow.session, body, datetime.now(UTC),  # never committed
+                                policy.weights, policy.cache)
 
 
 def register(api: Any) -> None:

@@ -11,7 +11,8 @@ from servicekit.runtime import WorkerSpec
 from servicekit.service_app import create_service_app
 from servicekit.settings import Settings
 
-from . import api, consumers
+from . import api, consumers, directory, domain
+from .decide import Policy
 from .tables import metadata
 
 SERVICE = "matching"
@@ -22,10 +23,26 @@ def load_settings() -> Settings:
     return Settings.from_env(SERVICE)
 
 
+def policy_from(settings: Settings) -> Policy:
+    """Scoring weights and retry batch from the ``MATCHING_*`` settings (validated)."""
+    def number(name: str) -> float:
+        return float(settings.get(f"MATCHING_{name}"))
+
+    weights = domain.Weights(
+        distance=number("WEIGHT_DISTANCE"), headroom=number("WEIGHT_HEADROOM"),
+        language=number("WEIGHT_LANGUAGE"), acceptance=number("WEIGHT_ACCEPTANCE"),
+        response=number("WEIGHT_RESPONSE"), spreading=number("WEIGHT_SPREADING"),
+        distance_scale_km=number("DISTANCE_SCALE_KM"),
+        response_scale_h=number("RESPONSE_SCALE_H"))
+    return Policy(weights=weights, retry_batch=settings.int("MATCHING_RETRY_BATCH"),
+                  cache=directory.CandidateCache())
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     db = Database(settings.database_url, metadata)
     app, smorest = create_service_app(SERVICE, settings, db)
+    app.extensions["matching_policy"] = policy_from(settings)
     api.register(smorest)
     return app
 
@@ -34,4 +51,5 @@ def worker(settings: Settings | None = None) -> tuple[Database, WorkerSpec]:
     settings = settings or load_settings()
     logs.configure(SERVICE, settings.get("LOG_LEVEL"))
     db = Database(settings.database_url, metadata)
-    return db, WorkerSpec(consumers=consumers.consumer_specs(), relay=True)
+    return db, WorkerSpec(consumers=consumers.consumer_specs(policy_from(settings)),
+                          relay=True)

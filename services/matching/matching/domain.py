@@ -2,16 +2,23 @@
 
 ``evaluate`` drops every candidate that fails a hard constraint (see ``eligibility``; each
 is counted under the FIRST constraint it fails, in ``CONSTRAINTS`` order), scores the rest
-with ``Weights`` and ranks them best first, ties broken by ``service_id``. ``load_change``
-says how a referral status change moves the load of the service that held the offer.
+with ``Weights`` (see ``scoring``) and ranks them best first, ties broken by ``service_id``.
+``load_change`` says how a referral status change moves the load of the service that held
+the offer.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from .eligibility import first_failure, nearest_km, speaks
+from .eligibility import first_failure
+from .scoring import DEFAULT_WEIGHTS, Weights, factors
+
+__all__ = ["CONSTRAINTS", "DEFAULT_WEIGHTS", "Candidate", "Decision", "LoadChange",
+           "OpeningHours", "Point", "Ranked", "Reason", "Referral", "Schedule", "Weights",
+           "as_full", "evaluate", "exhaustion_reasons", "load_change", "score"]
 
 CONSTRAINTS = ("category", "inactive", "not_accepting", "at_capacity", "age", "gender",
                "population", "language", "out_of_area", "closed_now", "already_tried")
@@ -44,6 +51,8 @@ class Schedule:
     always_open: bool = False
     timezone: str = "UTC"
     hours: tuple[OpeningHours, ...] = ()
+    valid_from: str | None = None  # ISO date; before it the service does not operate
+    valid_to: str | None = None  # ISO date (inclusive); after it the service does not operate
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class Candidate:
     radius_km: float | None = None
     area_geohashes: tuple[str, ...] = ()
     schedule: Schedule = Schedule(always_open=True)
+    answered: int = 0  # offers answered (accepted, declined or expired), from referral events
+    accepted: int = 0
+    mean_response_s: float | None = None  # mean seconds from offer to answer
 
     @property
     def load(self) -> int:
@@ -95,25 +107,6 @@ class Referral:
     needs_interpreter: bool = False
     flags: frozenset[str] = frozenset()
     tried: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Score = distance * proximity + headroom * free share + language * match.
-
-    Each factor lies in [0, 1], so with the defaults a score lies in [0, 1]:
-    proximity = 1 / (1 + km / distance_scale_km) (1 at the door, 0.5 at the scale, 0 when
-    the service has no location); free share = free places / capacity; language match = 1
-    when the service speaks the resident's preferred language.
-    """
-
-    distance: float = 0.6
-    headroom: float = 0.3
-    language: float = 0.1
-    distance_scale_km: float = 5.0
-
-
-DEFAULT_WEIGHTS = Weights()
 
 
 @dataclass(frozen=True)
@@ -161,24 +154,29 @@ def exhaustion_reasons(eliminated: Mapping[str, int], considered: int) -> tuple[
 
 
 # --- ranking ---------------------------------------------------------------------------------
-def score(referral: Referral, c: Candidate, weights: Weights = DEFAULT_WEIGHTS) -> Ranked:
-    distance = nearest_km(c, referral)
-    proximity = 0.0 if distance is None else 1.0 / (1.0 + distance / weights.distance_scale_km)
-    free_share = c.headroom / c.capacity_max if c.capacity_max > 0 else 0.0
-    language = referral.preferred_language
-    lang_match = 1.0 if language and speaks(c, language) else 0.0
-    total = (weights.distance * proximity + weights.headroom * free_share
-             + weights.language * lang_match)
+def score(referral: Referral, c: Candidate, weights: Weights = DEFAULT_WEIGHTS,
+          org_pending: int = 0) -> Ranked:
+    """Score one eligible candidate and say why, in codes and words."""
+    f = factors(referral, c, org_pending, weights)
     reasons = [Reason("category", f"offers {referral.need.replace('_', ' ')}"),
-               Reason("distance", "no location: distance unknown" if distance is None
-                      else f"{distance:.1f} km from the resident's area"),
+               Reason("distance", "no location: distance unknown" if f.distance_km is None
+                      else f"{f.distance_km:.1f} km from the resident's area"),
                Reason("headroom", f"{c.headroom} of {c.capacity_max} places free")]
-    if language:
-        reasons.append(Reason("language", f"speaks {language}" if lang_match
+    if referral.preferred_language:
+        language = referral.preferred_language
+        reasons.append(Reason("language", f"speaks {language}" if f.language
                               else f"does not list {language}"))
+    reasons.append(Reason("acceptance", "no answered offers yet" if not c.answered
+                          else f"accepted {c.accepted} of {c.answered} answered offers"))
+    if c.mean_response_s is not None:
+        reasons.append(Reason("response",
+                              f"answers in {c.mean_response_s / 3600:.1f} h on average"))
+    if org_pending:
+        reasons.append(Reason("spreading",
+                              f"{org_pending} offer(s) of its organization await an answer"))
     if referral.urgency == "emergency":
         reasons.append(Reason("open_now", "open now"))
-    return Ranked(candidate=c, score=round(total, 6), distance_km=distance,
+    return Ranked(candidate=c, score=f.total(weights), distance_km=f.distance_km,
                   reasons=tuple(reasons))
 
 
@@ -197,10 +195,14 @@ def evaluate(referral: Referral, candidates: Sequence[Candidate], now: datetime,
         eliminated[code] = eliminated.get(code, 0) + count
     excluded: list[tuple[str, str]] = []
     ranked: list[Ranked] = []
+    pending = Counter[str]()
+    for c in candidates:
+        pending[c.organization_id] += c.open_offers
     for candidate in candidates:
         failed = first_failure(referral, candidate, now)
         if failed is None:
-            ranked.append(score(referral, candidate, weights))
+            ranked.append(score(referral, candidate, weights,
+                                pending[candidate.organization_id]))
         else:
             eliminated[failed] += 1
             excluded.append((candidate.service_id, failed))

@@ -48,13 +48,33 @@ def _minutes(hhmm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+def _local(schedule: Schedule, now: datetime) -> datetime | None:
+    try:
+        return now.astimezone(ZoneInfo(schedule.timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def operating(schedule: Schedule, now: datetime) -> bool:
+    """Within the schedule's validity dates (HSDS valid_from/valid_to), if it has any."""
+    if schedule.valid_from is None and schedule.valid_to is None:
+        return True
+    local = _local(schedule, now)
+    if local is None:
+        return False
+    today = local.date().isoformat()
+    return ((schedule.valid_from is None or schedule.valid_from <= today)
+            and (schedule.valid_to is None or today <= schedule.valid_to))
+
+
 def is_open(schedule: Schedule, now: datetime) -> bool:
     """Open at ``now`` in the service's time zone (hours past midnight count)."""
+    if not operating(schedule, now):
+        return False
     if schedule.always_open:
         return True
-    try:
-        local = now.astimezone(ZoneInfo(schedule.timezone))
-    except (ZoneInfoNotFoundError, ValueError):
+    local = _local(schedule, now)
+    if local is None:
         return False  # an unknown zone cannot prove the service is open
     today, yesterday = WEEKDAYS[local.weekday()], WEEKDAYS[(local.weekday() - 1) % 7]
     minute = local.hour * 60 + local.minute
@@ -113,7 +133,8 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("population", lambda r, c, _: not c.populations or bool(c.populations & r.flags)),
     ("language", _language_fits),
     ("out_of_area", lambda r, c, _: in_area(r, c)),
-    ("closed_now", lambda r, c, now: r.urgency != "emergency" or is_open(c.schedule, now)),
+    ("closed_now", lambda r, c, now: is_open(c.schedule, now) if r.urgency == "emergency"
+     else operating(c.schedule, now)),
     ("already_tried", lambda r, c, _: c.service_id not in r.tried),
 )
 

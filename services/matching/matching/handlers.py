@@ -1,28 +1,27 @@
-"""matching use cases. Handlers take the open session and never commit.
+"""matching's event handlers. Handlers take the open session and never commit.
 
-Event handlers keep the registry view and provider load current and answer every routable
-referral with exactly one decision (``routing.proposed`` or ``routing.exhausted``).
+They keep the registry view (snapshot, spatial index, counts), provider load and answer
+history current, and answer every routable referral with exactly one decision
+(``routing.proposed`` or ``routing.exhausted``; see ``decide``). Each takes the ``Policy``
+(weights, retry batch) that bootstrap built from settings.
 """
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from servicekit import events, logs, outbox
+from servicekit import events, logs
 
-from . import domain, tables
+from . import directory, domain, tables
+from .decide import DEFAULT_POLICY, Policy, retry_unmatched, route
 from .tables import decisions, referral_view
 
-SOURCE = "matching"
-WEIGHTS = domain.DEFAULT_WEIGHTS
-
 log = logging.getLogger(__name__)
+DECLINES = frozenset(events.DECLINE_REASONS)
 
 
 def _now() -> datetime:
@@ -31,50 +30,50 @@ def _now() -> datetime:
 
 # --- provider.events -------------------------------------------------------------------------
 def service_row(d: dict[str, Any]) -> dict[str, Any]:
-    """service_view columns from ``provider.service_upserted`` data (JSON-ready form)."""
-    area = d["service_area"]
+    """service_view columns from ``provider.service_upserted`` data (JSON-ready form).
+    Fields a newer registry may add are kept in ``snapshot`` and otherwise ignored."""
+    area = d.get("service_area") or {}
     return {
         "service_id": d["service_id"], "organization_id": d["organization_id"],
         "status": d["status"], "categories": sorted(set(d["categories"])),
         "locations": d["locations"], "radius_km": area.get("radius_km"),
-        "area_geohashes": area.get("geohashes") or [], "age_min": d["age_min"],
-        "age_max": d["age_max"], "genders": d["genders"], "populations": d["populations"],
-        "languages": d["languages"], "interpretation_available": d["interpretation_available"],
+        "area_geohashes": area.get("geohashes") or [], "age_min": d.get("age_min"),
+        "age_max": d.get("age_max"), "genders": d.get("genders") or [],
+        "populations": d.get("populations") or [], "languages": d.get("languages") or [],
+        "interpretation_available": bool(d.get("interpretation_available")),
         "schedule": d["schedule"], "capacity_max": d["capacity"]["maximum"],
         "accepting": d["capacity"]["accepting"],
         "updated_at": events.parse_time(d["updated_at"]), "snapshot": d,
     }
 
 
-def on_service_upserted(session: Session, env: events.Envelope) -> None:
-    """Store the routing snapshot of a service and make sure it has a load row; a service
-    that can take referrals gives unmatched referrals of its categories another chance."""
-    tables.upsert_service(session, service_row(env.data), env.data["categories"])
+def on_service_upserted(session: Session, env: events.Envelope,
+                        policy: Policy = DEFAULT_POLICY) -> None:
+    """Store and index the routing snapshot of a service and make sure it has a load row;
+    a service that can take referrals gives unmatched referrals of its categories another
+    chance (most urgent, then oldest, first)."""
+    row = service_row(env.data)
+    before = directory.indexed_categories(session, row["service_id"])
+    if not tables.upsert_service(session, row, env.data["categories"]):
+        return  # an older snapshot than the one stored
+    directory.reindex(session, row, before)
     now = _now()
-    tables.ensure_load(session, env.data["service_id"], now)
-    if env.data["status"] == "active" and env.data["capacity"]["accepting"]:
-        for referral_id in tables.unmatched_referrals(session, env.data["categories"]):
-            _retry_if_placeable(session, referral_id, now)
+    tables.ensure_load(session, row["service_id"], now)
+    if row["status"] == "active" and row["accepting"]:
+        retry_unmatched(session, row["categories"], now, policy)
 
 
-def _retry_if_placeable(session: Session, referral_id: str, now: datetime) -> None:
-    """Route an unmatched referral again, but only when some candidate now fits: an
-    unchanged verdict would only repeat the exhaustion already reported."""
-    ref = tables.referral(session, referral_id, lock=True)
-    if ref is None or ref.geohash is None or ref.status != "unmatched":
-        return
-    referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
-    candidates, pre = candidates_for(session, ref.need)
-    if domain.evaluate(referral, candidates, now, WEIGHTS, pre).best is not None:
-        route(session, referral_id, now)
-
-
-def on_service_removed(session: Session, env: events.Envelope) -> None:
-    tables.delete_service(session, env.data["service_id"])
+def on_service_removed(session: Session, env: events.Envelope,
+                       policy: Policy = DEFAULT_POLICY) -> None:
+    sid = env.data["service_id"]
+    before = directory.indexed_categories(session, sid)
+    tables.delete_service(session, sid)
+    directory.unindex(session, sid, before)
 
 
 # --- referral.events -------------------------------------------------------------------------
-def on_referral_submitted(session: Session, env: events.Envelope) -> None:
+def on_referral_submitted(session: Session, env: events.Envelope,
+                          policy: Policy = DEFAULT_POLICY) -> None:
     """Remember the referral's de-identified facts and make the first decision."""
     d, now = env.data, _now()
     where = d["coarse_location"]
@@ -88,12 +87,14 @@ def on_referral_submitted(session: Session, env: events.Envelope) -> None:
     if known:
         log.info("referral already known", extra=logs.log_fields(referral_id=d["referral_id"]))
         return
-    route(session, d["referral_id"], now)
+    route(session, d["referral_id"], now, policy)
 
 
-def on_status_changed(session: Session, env: events.Envelope) -> None:
-    """Keep the offered service's load right, remember tried services, re-route when the
-    referral is routable again."""
+def on_status_changed(session: Session, env: events.Envelope,
+                      policy: Policy = DEFAULT_POLICY) -> None:
+    """Keep the offered service's load and answer history right, remember tried services,
+    re-route when the referral is routable again, and offer a freed place to unmatched
+    referrals."""
     d, now = env.data, _now()
     ref = tables.referral(session, d["referral_id"], lock=True)
     reserved = bool(d.get("proposal_id")) and (
@@ -105,20 +106,49 @@ def on_status_changed(session: Session, env: events.Envelope) -> None:
         tables.adjust_load(session, service_id, change.open_offers, change.active_cases, now)
         if change.mark_tried:
             tables.mark_tried(session, d["referral_id"], service_id, now)
+        _remember_answer(session, d, ref, service_id, now)
     elif change.open_offers or change.active_cases:
         log.warning("status change names no service: load not adjusted", extra=logs.log_fields(
             referral_id=d["referral_id"], event_id=env.id))
-    if ref is None:
-        return  # submitted before this view existed: load settled, nothing to route
-    _follow_status(session, ref, d, now)
-    if change.reevaluate:
-        route(session, d["referral_id"], now)
-    elif d["to_status"] == "unmatched":
-        # A service may have appeared between the exhausted decision and this answer.
-        _retry_if_placeable(session, d["referral_id"], now)
+    if ref is not None:
+        _follow_status(session, ref, d, now)
+        if change.reevaluate:
+            route(session, d["referral_id"], now, policy)
+        elif d["to_status"] == "unmatched":
+            # A service may have appeared between the exhausted decision and this answer.
+            route(session, d["referral_id"], now, policy, only_if_placeable=True, retry=True)
+    if service_id is not None and change.open_offers + change.active_cases < 0:
+        _offer_freed_place(session, service_id, now, policy)
 
 
-def on_referral_erased(session: Session, env: events.Envelope) -> None:
+def _offer_freed_place(session: Session, service_id: str, now: datetime,
+                       policy: Policy) -> None:
+    categories = directory.indexed_categories(session, service_id)
+    if categories and directory.has_headroom(session, service_id):
+        retry_unmatched(session, sorted(categories), now, policy, freed_service=service_id)
+
+
+def _remember_answer(session: Session, d: dict[str, Any], ref: Any, service_id: str,
+                     now: datetime) -> None:
+    """Acceptances, declines and expiries feed the service's acceptance rate and response
+    time; withdrawals, voids and cancellations say nothing about the provider."""
+    if d["from_status"] != "offered" or d["reason_code"] == "proposal_void":
+        return
+    accepted = d["to_status"] == "accepted"
+    if not (accepted or d["reason_code"] in DECLINES or d["reason_code"] == "expired"):
+        return
+    offered_at = None if ref is None else ref.offered_at
+    response_s = None
+    if offered_at is not None:
+        if offered_at.tzinfo is None:  # SQLite returns naive UTC
+            offered_at = offered_at.replace(tzinfo=UTC)
+        response_s = (events.parse_time(d["occurred_at"]) - offered_at).total_seconds()
+    directory.record_answer(session, service_id, accepted=accepted, response_s=response_s,
+                            now=now)
+
+
+def on_referral_erased(session: Session, env: events.Envelope,
+                       policy: Policy = DEFAULT_POLICY) -> None:
     """Purge what could point back to the resident: coarse location, facets, distances."""
     rid = env.data["referral_id"]
     session.execute(update(referral_view).where(referral_view.c.referral_id == rid).values(
@@ -139,86 +169,14 @@ def _offer_service(session: Session, d: dict[str, Any], ref: Any) -> str | None:
 
 
 def _follow_status(session: Session, ref: Any, d: dict[str, Any], now: datetime) -> None:
-    to_status, service_id = d["to_status"], ref.service_id
+    to_status, service_id, offered_at = d["to_status"], ref.service_id, ref.offered_at
     if to_status == "offered" and d.get("offer") and d["reason_code"] != "proposal_void":
-        service_id = d["offer"]["service_id"]
+        service_id, offered_at = d["offer"]["service_id"], events.parse_time(d["occurred_at"])
     elif to_status in ("submitted", "unmatched") or to_status in domain.TERMINAL:
-        service_id = None
+        service_id, offered_at = None, None
+    elif to_status != "offered":
+        offered_at = None
     session.execute(update(referral_view)
                     .where(referral_view.c.referral_id == ref.referral_id)
-                    .values(status=to_status, service_id=service_id, updated_at=now))
-
-
-# --- deciding --------------------------------------------------------------------------------
-def candidates_for(session: Session, need: str) -> tuple[list[domain.Candidate], dict[str, int]]:
-    """Candidates offering ``need`` (filtered in SQL) and how many the filter removed."""
-    candidates = [tables.to_candidate(row) for row in tables.candidate_rows(session, need)]
-    return candidates, {"category": tables.count_services(session) - len(candidates)}
-
-
-def route(session: Session, referral_id: str, now: datetime) -> domain.Decision | None:
-    """Decide for a routable referral, reserve the chosen place, record and emit it."""
-    ref = tables.referral(session, referral_id, lock=True)
-    if ref is None or ref.geohash is None:
-        log.warning("referral cannot be routed: facts missing or erased",
-                    extra=logs.log_fields(referral_id=referral_id))
-        return None
-    referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
-    candidates, pre = candidates_for(session, ref.need)
-    decision = _decide_and_reserve(session, referral, candidates, pre, now)
-    _record(session, referral_id, ref.attempt + 1, decision, now)
-    return decision
-
-
-def _decide_and_reserve(session: Session, referral: domain.Referral,
-                        candidates: Sequence[domain.Candidate], pre: dict[str, int],
-                        now: datetime) -> domain.Decision:
-    """Evaluate; take a place at the best candidate with a conditional UPDATE. A candidate
-    another worker filled meanwhile counts as full and the evaluation runs again."""
-    pool = list(candidates)
-    while True:
-        decision = domain.evaluate(referral, pool, now, WEIGHTS, pre)
-        best = decision.best
-        if best is None:
-            return decision
-        chosen = best.candidate
-        tables.ensure_load(session, chosen.service_id, now)
-        if tables.reserve(session, chosen.service_id, chosen.capacity_max, now):
-            return decision
-        log.info("candidate filled concurrently", extra=logs.log_fields(
-            referral_id=referral.referral_id, service_id=chosen.service_id))
-        pool = [domain.as_full(c) if c.service_id == chosen.service_id else c for c in pool]
-
-
-def _record(session: Session, referral_id: str, attempt: int, decision: domain.Decision,
-            now: datetime) -> None:
-    """Emit the decision through the outbox and keep it, with its reasons, for supervisors."""
-    reasons = [{"code": r.code, "text": r.text} for r in decision.reasons]
-    eliminated = dict(decision.eliminated)
-    best = decision.best
-    if best is None:
-        env = outbox.emit(session, events.ROUTING_EXHAUSTED, subject=referral_id, source=SOURCE,
-                          data={"referral_id": referral_id, "attempt": attempt,
-                                "eliminated": eliminated, "reasons": reasons,
-                                "candidates_considered": decision.considered,
-                                "occurred_at": now})
-    else:
-        env = outbox.emit(session, events.ROUTING_PROPOSED, subject=referral_id, source=SOURCE,
-                          data={"referral_id": referral_id, "attempt": attempt,
-                                "service_id": best.candidate.service_id,
-                                "organization_id": best.candidate.organization_id,
-                                "score": best.score,
-                                "reasons": reasons, "eliminated": eliminated,
-                                "proposed_at": now})
-    chosen = None if best is None else best.candidate
-    session.execute(decisions.insert().values(
-        id=str(uuid.uuid4()), referral_id=referral_id, attempt=attempt,
-        outcome=decision.outcome, service_id=chosen and chosen.service_id,
-        organization_id=chosen and chosen.organization_id,
-        score=None if best is None else best.score, reasons=reasons, eliminated=eliminated,
-        candidates=decision.considered, created_at=now, event_id=env.id))
-    session.execute(update(referral_view).where(referral_view.c.referral_id == referral_id)
-                    .values(attempt=attempt, updated_at=now))
-    log.info("routing decision", extra=logs.log_fields(
-        referral_id=referral_id, attempt=attempt, outcome=decision.outcome,
-        service_id=chosen and chosen.service_id))
+                    .values(status=to_status, service_id=service_id, offered_at=offered_at,
+                            updated_at=now))

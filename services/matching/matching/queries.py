@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from servicekit import geo
 from servicekit.auth import Principal, same_agency
 
-from . import domain, handlers, tables
+from . import directory, domain, tables
 from .tables import decisions, service_load, service_view
 
 
@@ -44,21 +44,24 @@ def load_report(session: Session, *, limit: int, offset: int) -> tuple[list[dict
     for row in session.execute(query).mappings():
         load = row["open_offers"] + row["active_cases"]
         items.append({**row, "load": load, "headroom": max(0, row["capacity_max"] - load)})
-    return items, tables.count_services(session)
+    return items, directory.count_services(session)
 
 
-def simulate(session: Session, body: dict[str, Any], now: datetime) -> dict[str, Any]:
+def simulate(session: Session, body: dict[str, Any], now: datetime,
+             weights: domain.Weights = domain.DEFAULT_WEIGHTS,
+             cache: directory.CandidateCache | None = None) -> dict[str, Any]:
     """Dry-run a referral profile: ranked candidates and per-constraint eliminations."""
     where = geo.coarsen(body["lat"], body["lon"])  # decide on what a real referral carries
     referral = domain.Referral(
         referral_id="simulation", need=body["need"], urgency=body["urgency"],
         lat=where["lat"], lon=where["lon"], geohash=where["geohash"], age=body.get("age"),
+        age_band=body.get("age_band"),
         gender=body.get("gender"), preferred_language=body.get("preferred_language"),
         needs_interpreter=body.get("needs_interpreter", False),
         flags=frozenset(body.get("flags") or ()),
     )
-    candidates, pre = handlers.candidates_for(session, body["need"])
-    decision = domain.evaluate(referral, candidates, now, handlers.WEIGHTS, pre)
+    candidates, pre = directory.candidates_for(session, body["need"], where["geohash"], cache)
+    decision = domain.evaluate(referral, candidates, now, weights, pre)
     return {
         "outcome": decision.outcome,
         "candidates_considered": decision.considered,

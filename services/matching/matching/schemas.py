@@ -14,7 +14,9 @@ class SimulateIn(Strict):
     urgency = fields.String(required=True, validate=validate.OneOf(events.URGENCIES))
     lat = fields.Float(required=True, validate=validate.Range(min=-90, max=90))
     lon = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
-    age = fields.Integer(validate=validate.Range(min=0, max=130))
+    age = fields.Integer(strict=True, validate=validate.Range(min=0, max=130))
+    age_band = fields.String(validate=validate.Regexp(r"\d{1,3}(-\d{1,3}|\+)\Z",
+                                                      error="Not an age band like 18-24 or 65+."))
     preferred_language = fields.String(validate=LANGUAGE_TAG)
     needs_interpreter = fields.Boolean(load_default=False)
     gender = fields.String(validate=validate.Length(min=1, max=50))

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     case,
     delete,
-    func,
     select,
     update,
 )
@@ -61,6 +60,30 @@ service_categories = Table(
     Index("ix_service_categories_category", "category", "service_id"),
 )
 
+service_cells = Table(
+    "service_cells", metadata,  # spatial candidate index: (need, geohash cell) -> service
+    Column("category", String(40), primary_key=True),
+    Column("cell", String(12), primary_key=True),  # "" = everywhere (see cells.py)
+    Column("service_id", String(200), primary_key=True),
+    Index("ix_service_cells_service", "service_id"),
+)
+
+registry_counts = Table(
+    "registry_counts", metadata,  # services per category ("*": all), for elimination counts
+    Column("category", String(40), primary_key=True),
+    Column("services", Integer, nullable=False, server_default="0"),
+)
+
+service_history = Table(
+    "service_history", metadata,  # answers to offers, kept from referral.events, for scoring
+    Column("service_id", String(200), primary_key=True),
+    Column("answered", Integer, nullable=False, server_default="0"),
+    Column("accepted", Integer, nullable=False, server_default="0"),
+    Column("timed", Integer, nullable=False, server_default="0"),  # answers with a known delay
+    Column("response_s_total", Float, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 service_load = Table(
     "service_load", metadata,  # changed only by conditional UPDATEs (see reserve)
     Column("service_id", String(200), primary_key=True),
@@ -81,6 +104,7 @@ referral_view = Table(
     Column("attempt", Integer, nullable=False, server_default="0"),  # decisions made so far
     Column("agency_id", String(200), nullable=False),
     Column("service_id", String(200), nullable=True),  # service holding the offer or case
+    Column("offered_at", DateTime(timezone=True), nullable=True),  # when the open offer began
     Column("submitted_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_referral_view_status", "status", "need"),
@@ -108,6 +132,7 @@ decisions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("event_id", String(36), nullable=False, unique=True),  # = proposal_id at intake
     Index("ix_decisions_referral", "referral_id", "attempt"),
+    Index("uq_decisions_referral_attempt", "referral_id", "attempt", unique=True),
 )
 
 
@@ -116,8 +141,8 @@ def _rowcount(result: Result[Any]) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def upsert_service(session: Session, row: dict[str, Any], categories: list[str]) -> None:
-    """Store a snapshot unless a newer one is already stored."""
+def upsert_service(session: Session, row: dict[str, Any], categories: list[str]) -> bool:
+    """Store a snapshot unless a newer one is already stored (then False)."""
     stmt = upsert(session, service_view).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=[service_view.c.service_id],
@@ -125,11 +150,12 @@ def upsert_service(session: Session, row: dict[str, Any], categories: list[str])
         where=service_view.c.updated_at <= stmt.excluded.updated_at,
     ).returning(service_view.c.service_id)
     if session.execute(stmt).first() is None:
-        return  # a newer snapshot is stored
+        return False  # a newer snapshot is stored
     sid = row["service_id"]
     session.execute(delete(service_categories).where(service_categories.c.service_id == sid))
     for category in sorted(set(categories)):
         session.execute(service_categories.insert().values(service_id=sid, category=category))
+    return True
 
 
 def delete_service(session: Session, service_id: str) -> None:
@@ -173,33 +199,6 @@ def adjust_load(session: Session, service_id: str, open_offers: int, active_case
         active_cases=_moved(load.active_cases, active_cases), updated_at=now))
 
 
-def candidate_rows(session: Session, need: str) -> list[Any]:
-    """Services offering ``need`` with their load (the category filter runs in SQL)."""
-    offering = select(service_categories.c.service_id).where(
-        service_categories.c.category == need)
-    query = (select(service_view, func.coalesce(service_load.c.open_offers, 0)
-                    .label("open_offers"),
-                    func.coalesce(service_load.c.active_cases, 0).label("active_cases"))
-             .select_from(service_view.outerjoin(
-                 service_load, service_load.c.service_id == service_view.c.service_id))
-             .where(service_view.c.service_id.in_(offering))
-             .order_by(service_view.c.service_id))
-    return list(session.execute(query))
-
-
-def all_service_rows(session: Session) -> list[Any]:
-    query = (select(service_view, func.coalesce(service_load.c.open_offers, 0)
-                    .label("open_offers"),
-                    func.coalesce(service_load.c.active_cases, 0).label("active_cases"))
-             .select_from(service_view.outerjoin(
-                 service_load, service_load.c.service_id == service_view.c.service_id)))
-    return list(session.execute(query))
-
-
-def count_services(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(service_view)).scalar_one())
-
-
 # --- repository: referrals -------------------------------------------------------------------
 def insert_referral(session: Session, row: dict[str, Any]) -> bool:
     """Store a referral's facts; False when it is already known."""
@@ -208,9 +207,16 @@ def insert_referral(session: Session, row: dict[str, Any]) -> bool:
     return session.execute(stmt).first() is not None  # (INSERT rowcount is unreliable)
 
 
-def referral(session: Session, referral_id: str, *, lock: bool = False) -> Any:
+def referral(session: Session, referral_id: str, *, lock: bool = False,
+             skip_locked: bool = False) -> Any:
+    """One referral's facts; ``lock`` takes its row lock (``skip_locked``: None when another
+    transaction holds it, for opportunistic retries that must not wait or deadlock)."""
     query = select(referral_view).where(referral_view.c.referral_id == referral_id)
-    return session.execute(locked(session, query) if lock else query).first()
+    if skip_locked and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    elif lock or skip_locked:
+        query = locked(session, query)
+    return session.execute(query).first()
 
 
 URGENCY_ORDER = {"emergency": 0, "urgent": 1, "routine": 2}
@@ -218,12 +224,13 @@ URGENCY_ORDER = {"emergency": 0, "urgent": 1, "routine": 2}
 
 def unmatched_referrals(session: Session, categories: list[str], limit: int = 100) -> list[str]:
     """Unmatched referrals needing one of ``categories``: most urgent, then oldest, first."""
-    rows = session.execute(select(referral_view.c.referral_id, referral_view.c.urgency,
-                                  referral_view.c.submitted_at)
+    rank = case(URGENCY_ORDER, value=referral_view.c.urgency, else_=9)
+    rows = session.execute(select(referral_view.c.referral_id)
                            .where(referral_view.c.status == "unmatched",
-                                  referral_view.c.need.in_(categories))).all()
-    rows.sort(key=lambda r: (URGENCY_ORDER.get(r.urgency, 9), r.submitted_at, r.referral_id))
-    return [r.referral_id for r in rows[:limit]]
+                                  referral_view.c.need.in_(categories))
+                           .order_by(rank, referral_view.c.submitted_at,
+                                     referral_view.c.referral_id).limit(limit))
+    return list(rows.scalars())
 
 
 def tried_services(session: Session, referral_id: str) -> frozenset[str]:
@@ -244,6 +251,7 @@ def decision_by_event(session: Session, event_id: str) -> Any:
 # --- rows -> domain ----------------------------------------------------------------------------
 def to_candidate(row: Any) -> domain.Candidate:
     sched = row.schedule or {}
+    timed = getattr(row, "timed", 0) or 0
     return domain.Candidate(
         service_id=row.service_id, organization_id=row.organization_id,
         categories=frozenset(row.categories), status=row.status, accepting=row.accepting,
@@ -257,7 +265,10 @@ def to_candidate(row: Any) -> domain.Candidate:
         schedule=domain.Schedule(
             always_open=bool(sched.get("always_open")), timezone=sched.get("timezone", "UTC"),
             hours=tuple(domain.OpeningHours(h["byday"], h["opens_at"], h["closes_at"])
-                        for h in sched.get("hours", []))),
+                        for h in sched.get("hours", [])),
+            valid_from=sched.get("valid_from"), valid_to=sched.get("valid_to")),
+        answered=getattr(row, "answered", 0) or 0, accepted=getattr(row, "accepted", 0) or 0,
+        mean_response_s=(row.response_s_total / timed) if timed else None,
     )
 
 

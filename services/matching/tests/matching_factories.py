@@ -13,14 +13,15 @@ ORG = "org-harbour"
 _sequence = itertools.count(1)
 
 
-def north_of_home(km: float) -> tuple[float, float]:
-    return HOME[0] + km / 111.2, HOME[1]
+def north_of_home(km: float, home: tuple[float, float] = HOME) -> tuple[float, float]:
+    return home[0] + km / 111.2, home[1]
 
 
 def service_upserted(service_id: str, *, km_north: float = 1.0, capacity: int = 5,
-                     accepting: bool = True, updated_at: datetime | None = None, **overrides: Any) -> events.Envelope:
+                     accepting: bool = True, updated_at: datetime | None = None,
+                     home: tuple[float, float] = HOME, **overrides: Any) -> events.Envelope:
     """A housing service ``km_north`` of the residents, open 24/7, serving a 20 km radius."""
-    lat, lon = north_of_home(km_north)
+    lat, lon = north_of_home(km_north, home)
     data: dict[str, Any] = {
         "service_id": service_id, "organization_id": ORG, "organization_name": "Harbour Trust",
         "service_name": f"Shelter {service_id}", "status": "active", "categories": ["housing"],
@@ -48,11 +49,11 @@ def service_removed(service_id: str) -> events.Envelope:
 
 def referral_submitted(referral_id: str | None = None, *, need: str = "housing",
                        urgency: str = "urgent", agency: str = "metro-pd",
-                       **eligibility: Any) -> events.Envelope:
+                       home: tuple[float, float] = HOME, **eligibility: Any) -> events.Envelope:
     rid = referral_id or str(uuid.uuid4())
     data = {
         "referral_id": rid, "short_id": "R-7F3K", "need": need, "urgency": urgency,
-        "coarse_location": geo.coarsen(*HOME),
+        "coarse_location": geo.coarsen(*home),
         "eligibility": {"age": 34, "flags": [], **eligibility},
         "consent": {"share_with_provider": True, "referrer_updates": "milestones",
                     "contact_methods": ["phone"]},

@@ -125,9 +125,40 @@ def test_simulate_reports_eliminations_per_constraint(
         handlers.on_service_upserted(session, service_upserted("svc-far", km_north=60.0))
     body = simulate(client, matching_settings, age=40).get_json()
     assert body["outcome"] == "exhausted" and body["ranked"] == []
-    assert {e["service_id"]: e["code"] for e in body["excluded"]} == {
-        "svc-kids": "age", "svc-far": "out_of_area"}
+    # svc-far is never read: the spatial index leaves it out, counted under out_of_area
+    assert {e["service_id"]: e["code"] for e in body["excluded"]} == {"svc-kids": "age"}
     assert body["eliminated"]["age"] == 1 and body["eliminated"]["out_of_area"] == 1
+    assert body["candidates_considered"] == 2
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("lat", 91), ("lon", "east"), ("need", "spaceship"), ("urgency", None), ("age", "34"),
+    ("age_band", "adult"), ("preferred_language", "english!"), ("flags", ["rich"]),
+    ("needs_interpreter", "maybe"),
+])
+def test_simulate_names_the_bad_field_in_a_problem(
+        api: tuple[FlaskClient, Database], matching_settings: Settings, field: str,
+        value: Any) -> None:
+    client, db = api
+    before = counts(db)
+    resp = simulate(client, matching_settings, **{field: value})
+    assert resp.status_code == 422
+    assert resp.mimetype == "application/problem+json"
+    assert field in resp.get_json()["detail"]
+    assert counts(db) == before
+
+
+def test_simulate_requires_need_and_location(
+        api: tuple[FlaskClient, Database], matching_settings: Settings) -> None:
+    client, _ = api
+    resp = client.post("/v1/simulate", json={"urgency": "urgent"},
+                       headers=bearer(matching_settings, "admin"))
+    assert resp.status_code == 422 and resp.mimetype == "application/problem+json"
+    detail = resp.get_json()["detail"]
+    assert "need" in detail and "lat" in detail and "lon" in detail
+    officer = client.post("/v1/simulate", json={"need": "housing"},
+                          headers=bearer(matching_settings, "officer", "metro-pd"))
+    assert officer.status_code == 403
 
 
 def test_simulate_rejects_unknown_fields(

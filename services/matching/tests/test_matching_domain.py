@@ -121,7 +121,39 @@ def test_weights_change_the_ranking() -> None:
 
 def test_default_weights_keep_scores_between_zero_and_one() -> None:
     w = domain.DEFAULT_WEIGHTS
-    assert w.distance + w.headroom + w.language == pytest.approx(1.0)
+    assert (w.distance + w.headroom + w.language + w.acceptance + w.response
+            + w.spreading) == pytest.approx(1.0)
+    perfect = service("svc-p", km_north=0.0, answered=50, accepted=50, mean_response_s=0.0)
+    awful = service("svc-a", km_north=14.0, open_offers=9, answered=50, accepted=0,
+                    mean_response_s=10 * 24 * 3600.0, languages=frozenset())
+    assert 0.99 <= domain.score(referral(), perfect).score <= 1.0
+    assert 0.0 <= domain.score(referral(), awful, org_pending=9).score < 0.2
+
+
+def test_history_and_spreading_change_the_ranking() -> None:
+    """Twins apart from their record: the one that accepts and answers fast wins; an
+    organization with offers awaiting answers loses to an idle one."""
+    reliable = service("svc-z", answered=20, accepted=18, mean_response_s=1800.0)
+    flaky = service("svc-a", answered=20, accepted=2, mean_response_s=30 * 3600.0)
+    decision = domain.evaluate(referral(), [flaky, reliable], NOW)
+    assert [r.candidate.service_id for r in decision.ranked] == ["svc-z", "svc-a"]
+    assert decision.best is not None
+    assert ("acceptance", "accepted 18 of 20 answered offers") in {
+        (r.code, r.text) for r in decision.best.reasons}
+    busy_org = [service("svc-a", open_offers=2, organization_id="org-a"),
+                service("svc-b", open_offers=3, organization_id="org-a")]
+    idle = service("svc-c", open_offers=2, organization_id="org-c")
+    # svc-a and svc-c are twins, but svc-a's organization has 5 offers waiting, svc-c's 2
+    order = [r.candidate.service_id
+             for r in domain.evaluate(referral(), [*busy_org, idle], NOW).ranked]
+    assert order.index("svc-c") < order.index("svc-a")
+
+
+def test_weights_are_validated() -> None:
+    with pytest.raises(ValueError):
+        domain.Weights(distance=-1.0)
+    with pytest.raises(ValueError):
+        domain.Weights(0, 0, 0, 0, 0, 0)
 
 
 OFFICE_HOURS = Schedule(always_open=False, timezone="Europe/London",

@@ -44,10 +44,11 @@ def test_worker_turns_a_submitted_referral_into_a_published_proposal(
     try:
         service_id = f"svc-{uuid.uuid4().hex[:8]}"
         publish(matching_settings, service_upserted(service_id))
-        wait_for(lambda: _stored(db, service_id), timeout=60, message="service snapshot")
+        # a fresh group reads every event earlier tests of the session left in the topics
+        wait_for(lambda: _stored(db, service_id), timeout=240, message="service snapshot")
         submitted = referral_submitted()
         publish(matching_settings, submitted)
-        wait_for(lambda: _sent(db, submitted.subject), timeout=60, message="proposal relayed")
+        wait_for(lambda: _sent(db, submitted.subject), timeout=120, message="proposal relayed")
     finally:
         stop.set()
         for thread in threads:

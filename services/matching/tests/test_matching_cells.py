@@ -1,0 +1,62 @@
+"""The spatial index never loses a service that covers the resident's cell (pure)."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from matching import cells, eligibility
+from matching.domain import Candidate, Point, Referral
+from servicekit import geo
+
+lat_s = st.floats(min_value=-85, max_value=85, allow_nan=False)
+lon_s = st.floats(min_value=-180, max_value=180, allow_nan=False)
+
+
+def _found(service_cells: set[str], geohash: str) -> bool:
+    return bool(service_cells & set(cells.lookup_cells(geohash)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lat=lat_s, lon=lon_s, radius=st.floats(min_value=0.5, max_value=400),
+       bearing=st.floats(min_value=0, max_value=2 * math.pi),
+       share=st.floats(min_value=0, max_value=1))
+def test_every_resident_within_the_radius_finds_the_service(
+        lat: float, lon: float, radius: float, bearing: float, share: float) -> None:
+    """Whenever the exact area check passes, the index returned the service."""
+    d = radius * share / 111.2
+    plat = max(-89.9, min(89.9, lat + d * math.cos(bearing)))
+    plon = lon + d * math.sin(bearing) / max(0.05, math.cos(math.radians(plat)))
+    plon = ((plon + 180) % 360) - 180
+    where = geo.coarsen(plat, plon)
+    service = Candidate(service_id="s", organization_id="o", categories=frozenset({"food"}),
+                        locations=(Point(lat, lon),), radius_km=radius)
+    resident = Referral(referral_id="r", need="food", urgency="urgent", lat=where["lat"],
+                        lon=where["lon"], geohash=where["geohash"])
+    if eligibility.in_area(resident, service):
+        assert _found(cells.service_cells([(lat, lon)], radius, []), where["geohash"])
+
+
+@given(lat=lat_s, lon=lon_s, precision=st.integers(min_value=1, max_value=9))
+def test_area_geohashes_are_found_from_inside(lat: float, lon: float, precision: int) -> None:
+    area = geo.encode(lat, lon, precision)
+    assert _found(cells.service_cells([], None, [area]), geo.coarsen(lat, lon)["geohash"])
+
+
+def test_small_radii_use_fine_cells_and_large_ones_coarse_cells() -> None:
+    small = cells.service_cells([(51.5, -0.12)], 3.0, [])
+    large = cells.service_cells([(51.5, -0.12)], 300.0, [])
+    assert {len(c) for c in small} == {5} and len(small) <= cells.MAX_CELLS
+    assert max(len(c) for c in large) <= 3 and len(large) <= cells.MAX_CELLS
+
+
+def test_a_service_without_area_is_indexed_everywhere() -> None:
+    assert cells.service_cells([(1.0, 2.0)], None, []) == {cells.EVERYWHERE}
+    assert cells.EVERYWHERE in cells.lookup_cells("u10hb7")
+
+
+def test_a_radius_across_the_antimeridian_covers_both_sides() -> None:
+    covered = cells.service_cells([(0.0, 179.99)], 20.0, [])
+    west = geo.coarsen(0.0, -179.95)["geohash"]
+    assert _found(covered, west)
