@@ -34,6 +34,19 @@ def seed_demo_directory(registry_url: str) -> None:
         db.dispose()
 
 
+def seed_synthetic_city(registry_url: str, services: int, seed: int) -> int:
+    """Build provider-registry's deterministic synthetic city; returns how many services
+    were new (0 when the same city was seeded before)."""
+    from provider_registry.synthetic import seed_city
+    from provider_registry.tables import metadata
+
+    db = Database(registry_url, metadata)
+    try:
+        return seed_city(db, services, seed).created
+    finally:
+        db.dispose()
+
+
 def prepare(database_urls: Mapping[str, str]) -> None:
     """Migrate every database and seed the demo directory."""
     migrate(database_urls)

@@ -1,6 +1,7 @@
 """provider-registry HTTP API: thin; parse with marshmallow, call a handler, dump the result."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,11 +12,11 @@ from marshmallow import RAISE
 from sqlalchemy.orm import Session
 
 from servicekit import idempotency
-from servicekit.auth import current_principal, requires
+from servicekit.auth import current_principal, requires, same_org
 from servicekit.db import Database
 from servicekit.web import Problem
 
-from . import domain, handlers, queries
+from . import domain, handlers, queries, search
 from .schemas import (
     CapacityIn,
     LocationFields,
@@ -30,6 +31,7 @@ from .schemas import (
     ServicePage,
     ServiceQuery,
 )
+from .search import SearchQuery
 
 blp = Blueprint("directory", __name__, url_prefix="/v1",
                 description="Provider directory: organizations, services, sites, capacity")
@@ -80,13 +82,38 @@ def _create(work: Callable[[Session], dict[str, Any]], dump: Callable[[Any], Any
 @blp.response(200, ServicePage)
 @blp.doc(security=BEARER)
 def list_services(args: dict[str, Any]) -> dict[str, Any]:
-    """Search the directory (need, accepting, organization), a page at a time."""
+    """Search the directory: need, lat/lon + radius_km (nearest first, with distance_km),
+    language, age, accepting, open_now (each service's own time zone), stale; a page at
+    a time. Confidential sites show neither address nor coordinates."""
     org = args.get("organization_id")
+    query = SearchQuery(**{**args, "organization_id": str(org) if org else None})
+    now, principal = handlers._now(), current_principal()
     with _db().uow() as uow:
-        items, total = queries.list_services(
-            uow.session, need=args.get("need"), accepting=args.get("accepting"),
-            organization_id=str(org) if org else None, limit=args["limit"], offset=args["offset"])
+        hits, total = search.search(uow.session, query, now=now,
+                                    stale_after_days=_stale_days())
+        views = queries.service_views(uow.session, [h.service_id for h in hits],
+                                      may_reveal=lambda org_id: _may_reveal(principal, org_id),
+                                      now=now, stale_after_days=_stale_days())
+    items = []
+    for hit, view in zip(hits, views, strict=True):
+        if hit.distance_km is not None:
+            hidden = any(e["location_id"] == hit.nearest_location_id and "lat" not in e
+                         for e in view["locations"])
+            # a hidden site's distance is rounded up to whole km so it cannot be triangulated
+            view["distance_km"] = (math.ceil(hit.distance_km) if hidden
+                                   else round(hit.distance_km, 2))
+        items.append(view)
     return {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+
+
+def _stale_days() -> int:
+    return int(current_app.extensions["registry_stale_after_days"])
+
+
+def _may_reveal(principal: Any, org_id: str) -> bool:
+    """Confidential sites are shown to admins and the organization's own staff only."""
+    return principal.role == "admin" or (principal.role == "provider"
+                                         and same_org(principal, org_id))
 
 
 @blp.route("/services/<uuid:service_id>", methods=["GET"])
@@ -94,8 +121,14 @@ def list_services(args: dict[str, Any]) -> dict[str, Any]:
 @blp.response(200, ServiceOut)
 @blp.doc(security=BEARER)
 def get_service(service_id: Any) -> dict[str, Any]:
+    principal = current_principal()
     with _problems(), _db().uow() as uow:
-        return queries.service_view(uow.session, str(service_id))
+        [view] = queries.service_views(
+            uow.session, [str(service_id)], may_reveal=lambda o: _may_reveal(principal, o),
+            now=handlers._now(), stale_after_days=_stale_days()) or [None]
+        if view is None:
+            raise queries.NotFound(str(service_id))
+        return view
 
 
 @blp.route("/services", methods=["POST"])

@@ -11,7 +11,7 @@ from servicekit.runtime import WorkerSpec
 from servicekit.service_app import create_service_app
 from servicekit.settings import Settings
 
-from . import api, consumers
+from . import api, consumers, hsds_api
 from .tables import metadata
 
 SERVICE = "provider-registry"
@@ -29,8 +29,12 @@ def open_database(settings: Settings) -> Database:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     db = open_database(settings)
-    app, smorest = create_service_app(SERVICE, settings, db)
+    app, smorest = create_service_app(SERVICE, settings, db,
+                                      non_json_endpoints=(hsds_api.IMPORT_ENDPOINT,))
+    app.extensions["registry_stale_after_days"] = settings.int("REGISTRY_STALE_AFTER_DAYS")
+    app.extensions["registry_settings"] = settings
     api.register(smorest)
+    hsds_api.register(smorest)
     return app
 
 

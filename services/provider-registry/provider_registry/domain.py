@@ -7,7 +7,7 @@ route to a service and to reach its organization, and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,6 +39,8 @@ class Schedule:
     always_open: bool
     timezone: str  # IANA name
     hours: tuple[OpeningHours, ...] = ()
+    valid_from: date | None = None  # HSDS schedule.valid_from/valid_to (inclusive)
+    valid_to: date | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Location:
     latitude: float
     longitude: float
     name: str | None = None
+    confidential: bool = False  # address and coordinates never shown to people
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Service:
     service_area: ServiceArea
     schedule: Schedule
     last_modified: datetime
+    last_confirmed: datetime | None = None
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -117,6 +121,8 @@ def schedule_errors(schedule: Schedule) -> dict[str, list[str]]:
         errors["timezone"] = ["Not an IANA time zone."]
     if schedule.always_open and schedule.hours:
         errors["hours"] = ["A service that is always open lists no opening hours."]
+    if schedule.valid_from and schedule.valid_to and schedule.valid_from > schedule.valid_to:
+        errors["valid_to"] = ["valid_to must not be before valid_from."]
     bad = [h for h in schedule.hours if h.opens_at >= h.closes_at]
     if bad:
         errors.setdefault("hours", []).append(
@@ -175,13 +181,37 @@ def check_capacity(capacity: Capacity) -> None:
 def location_entry(location: Location) -> dict[str, Any]:
     return {"location_id": location.id, "lat": location.latitude, "lon": location.longitude,
             "geohash": geo.encode(location.latitude, location.longitude,
-                                  LOCATION_GEOHASH_PRECISION)}
+                                  LOCATION_GEOHASH_PRECISION),
+            "confidential": location.confidential}
 
 
 def _schedule_entry(schedule: Schedule) -> dict[str, Any]:
     return {"always_open": schedule.always_open, "timezone": schedule.timezone,
             "hours": [{"byday": h.byday, "opens_at": h.opens_at, "closes_at": h.closes_at}
-                      for h in schedule.hours]}
+                      for h in schedule.hours],
+            "valid_from": schedule.valid_from and schedule.valid_from.isoformat(),
+            "valid_to": schedule.valid_to and schedule.valid_to.isoformat()}
+
+
+def is_stale(last_confirmed: datetime | None, now: datetime, stale_after_days: int) -> bool:
+    """A listing nobody confirmed within ``stale_after_days`` is stale (never confirmed: stale)."""
+    return last_confirmed is None or now - last_confirmed > timedelta(days=stale_after_days)
+
+
+def is_open(schedule: Schedule, now: datetime) -> bool:
+    """Whether the service is open at the aware instant ``now``, read in its own time zone
+    (so a 09:00 opening follows daylight-saving changes), within its validity dates."""
+    local = now.astimezone(ZoneInfo(schedule.timezone))
+    if (schedule.valid_from and local.date() < schedule.valid_from) or (
+            schedule.valid_to and local.date() > schedule.valid_to):
+        return False
+    if schedule.always_open:
+        return True
+    day, minute = WEEKDAY_CODES[local.weekday()], local.strftime("%H:%M")
+    return any(h.byday == day and h.opens_at <= minute < h.closes_at for h in schedule.hours)
+
+
+WEEKDAY_CODES = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 
 
 def routing_snapshot(org: Organization, service: Service, locations: list[Location],
@@ -205,6 +235,7 @@ def routing_snapshot(org: Organization, service: Service, locations: list[Locati
                      "available": capacity.available},
         "notification_channels": list(org.notification_channels),
         "updated_at": service.last_modified,
+        "last_confirmed_at": service.last_confirmed,
     }
 
 

@@ -23,17 +23,20 @@ from servicekit.auth import AuthError, Principal, same_org
 from . import domain
 from .queries import NotFound, location_view, organization_view, service_view, snapshot_of
 from .tables import (
+    attribute,
     fetch_organization,
     fetch_service,
     location,
     location_organizations,
     organization,
+    phone,
     service,
     service_at_location,
     service_capacity,
     service_category,
     service_ids_at_location,
     service_ids_of_organization,
+    service_language,
 )
 
 SOURCE = "provider-registry"
@@ -135,7 +138,8 @@ def update_organization(session: Session, principal: Principal, org_id: str,
 
 def _location_values(body: dict[str, Any]) -> dict[str, Any]:
     return {"name": body.get("name"), "location_type": body.get("location_type", "physical"),
-            "latitude": body["latitude"], "longitude": body["longitude"]}
+            "latitude": body["latitude"], "longitude": body["longitude"],
+            "confidential": bool(body.get("confidential", False))}
 
 
 def _insert_location(session: Session, org_id: str, body: dict[str, Any], now: datetime,
@@ -179,7 +183,8 @@ def _service_from_body(service_id: str, org_id: str, body: dict[str, Any], now: 
         populations=tuple(_unique(body.get("populations", []))),
         languages=tuple(_unique(body.get("languages", []))),
         interpretation_available=bool(body.get("interpretation_available", False)),
-        service_area=body["service_area"], schedule=body["schedule"], last_modified=now)
+        service_area=body["service_area"], schedule=body["schedule"], last_modified=now,
+        last_confirmed=now)
 
 
 def _service_values(svc: domain.Service, description: str | None) -> dict[str, Any]:
@@ -193,7 +198,10 @@ def _service_values(svc: domain.Service, description: str | None) -> dict[str, A
         "service_area_geohashes": list(svc.service_area.geohashes),
         "always_open": svc.schedule.always_open, "timezone": svc.schedule.timezone,
         "opening_hours": [asdict(h) for h in svc.schedule.hours],
-        "last_modified": svc.last_modified,
+        "schedule_valid_from": svc.schedule.valid_from,
+        "schedule_valid_to": svc.schedule.valid_to,
+        "last_modified": svc.last_modified, "last_confirmed": svc.last_confirmed,
+        "import_digest": None,  # edited since the last import: re-importing must apply again
     }
 
 
@@ -223,9 +231,17 @@ def _write_capacity(session: Session, service_id: str, capacity: domain.Capacity
                                                         **values))
 
 
+def language_codes(languages: Iterable[str]) -> list[str]:
+    """Primary subtags, lower case: what the language search filter matches ("es-MX" -> "es")."""
+    return list(dict.fromkeys(tag.split("-")[0].lower() for tag in languages))
+
+
 def _write_links(session: Session, svc: domain.Service, site_ids: list[str]) -> None:
-    for table in (service_category, service_at_location):
+    for table in (service_category, service_at_location, service_language):
         session.execute(delete(table).where(table.c.service_id == svc.id))
+    if codes := language_codes(svc.languages):
+        session.execute(insert(service_language),
+                        [{"service_id": svc.id, "code": c} for c in codes])
     if svc.categories:
         session.execute(insert(service_category),
                         [{"service_id": svc.id, "category": c} for c in svc.categories])
@@ -286,7 +302,8 @@ def set_capacity(session: Session, principal: Principal, service_id: str,
     _locked_service(session, principal, service_id)
     now = _now()
     _write_capacity(session, service_id, capacity, now)
-    session.execute(update(service).where(service.c.id == service_id).values(last_modified=now))
+    session.execute(update(service).where(service.c.id == service_id)
+                    .values(last_modified=now, last_confirmed=now))
     _publish(session, service_id)
     return service_view(session, service_id)
 
@@ -294,8 +311,10 @@ def set_capacity(session: Session, principal: Principal, service_id: str,
 def delete_service(session: Session, principal: Principal, service_id: str) -> None:
     """Remove a service (its sites stay with the organization); emit the removal."""
     current = _locked_service(session, principal, service_id)
-    for table in (service_capacity, service_category, service_at_location):
+    for table in (service_capacity, service_category, service_at_location, service_language):
         session.execute(delete(table).where(table.c.service_id == service_id))
+    session.execute(delete(attribute).where(attribute.c.link_id == service_id))
+    session.execute(delete(phone).where(phone.c.service_id == service_id))
     session.execute(delete(service).where(service.c.id == service_id))
     outbox.emit(session, events.PROVIDER_SERVICE_REMOVED, subject=service_id, source=SOURCE,
                 data=domain.removal_notice(service_id, current.organization_id, _now()))

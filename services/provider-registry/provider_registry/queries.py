@@ -1,6 +1,14 @@
-"""provider-registry read side: routing snapshots and the views the API returns."""
+"""provider-registry read side: routing snapshots and the views the API returns.
+
+Views of many services are assembled with one query per table for the whole page
+(``load_services``), never one query per service, so a search page costs the same few
+queries whether it holds 1 or 200 services.
+"""
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -8,15 +16,12 @@ from sqlalchemy.orm import Session
 
 from . import domain
 from .tables import (
+    _to_service,
     as_utc,
-    fetch_capacity,
-    fetch_description,
-    fetch_locations_of_service,
-    fetch_organization,
-    fetch_service,
     location,
     organization,
     service,
+    service_at_location,
     service_capacity,
     service_category,
 )
@@ -26,38 +31,98 @@ class NotFound(Exception):
     pass
 
 
-def _assemble(session: Session, service_id: str
-              ) -> tuple[domain.Organization, domain.Service, list[domain.Location],
-                         domain.Capacity]:
-    svc = fetch_service(session, service_id)
-    if svc is None:
+@dataclass(frozen=True)
+class Loaded:
+    """Everything the snapshot and the views need of one stored service."""
+
+    org: domain.Organization
+    svc: domain.Service
+    locations: list[domain.Location]
+    capacity: domain.Capacity
+    description: str | None
+
+
+def load_services(session: Session, ids: list[str]) -> dict[str, Loaded]:
+    """The services named in ``ids`` that exist, each with its organization, sites and
+    capacity, in five queries."""
+    if not ids:
+        return {}
+    rows = session.execute(select(service).where(service.c.id.in_(ids))).all()
+    cats: dict[str, list[str]] = defaultdict(list)
+    for sid, cat in session.execute(select(service_category.c.service_id,
+                                           service_category.c.category)
+                                    .where(service_category.c.service_id.in_(ids))):
+        cats[sid].append(cat)
+    sites: dict[str, list[domain.Location]] = defaultdict(list)
+    for r in session.execute(
+            select(service_at_location.c.service_id, location)
+            .join(location, service_at_location.c.location_id == location.c.id)
+            .where(service_at_location.c.service_id.in_(ids)).order_by(location.c.id)):
+        sites[r.service_id].append(domain.Location(
+            id=r.id, latitude=r.latitude, longitude=r.longitude, name=r.name,
+            confidential=r.confidential))
+    caps = {r.service_id: domain.Capacity(maximum=r.maximum, accepting=r.accepting,
+                                          available=r.available)
+            for r in session.execute(select(service_capacity)
+                                     .where(service_capacity.c.service_id.in_(ids)))}
+    org_ids = {r.organization_id for r in rows}
+    orgs = {r.id: domain.Organization(id=r.id, name=r.name,
+                                      notification_channels=tuple(r.notification_channels))
+            for r in session.execute(select(organization).where(organization.c.id.in_(org_ids)))}
+    return {r.id: Loaded(org=orgs[r.organization_id], svc=_to_service(r, cats[r.id]),
+                         locations=sites[r.id], capacity=caps.get(r.id, domain.NO_CAPACITY),
+                         description=r.description) for r in rows}
+
+
+def _load_one(session: Session, service_id: str) -> Loaded:
+    found = load_services(session, [service_id]).get(service_id)
+    if found is None:
         raise NotFound(service_id)
-    org = fetch_organization(session, svc.organization_id)
-    if org is None:  # impossible while the foreign key holds
-        raise NotFound(svc.organization_id)
-    return (org, svc, fetch_locations_of_service(session, service_id),
-            fetch_capacity(session, service_id))
+    return found
 
 
 def snapshot_of(session: Session, service_id: str) -> dict[str, Any]:
     """The routing snapshot of a stored service (``provider.service_upserted`` data)."""
-    return domain.routing_snapshot(*_assemble(session, service_id))
+    one = _load_one(session, service_id)
+    return domain.routing_snapshot(one.org, one.svc, one.locations, one.capacity)
 
 
-def service_view(session: Session, service_id: str) -> dict[str, Any]:
-    """What the API shows: the routing snapshot plus description and location names."""
-    org, svc, locations, capacity = _assemble(session, service_id)
-    view = domain.routing_snapshot(org, svc, locations, capacity)
-    names = {loc.id: loc.name for loc in locations}
-    view["locations"] = [{**e, "name": names[e["location_id"]]} for e in view["locations"]]
-    view["description"] = fetch_description(session, service_id)
+def _view(one: Loaded, *, reveal_confidential: bool, now: datetime,
+          stale_after_days: int) -> dict[str, Any]:
+    """The snapshot plus what people read; confidential sites keep only id and flag unless
+    the caller may see them (admin, the organization's own staff)."""
+    view = domain.routing_snapshot(one.org, one.svc, one.locations, one.capacity)
+    names = {loc.id: loc.name for loc in one.locations}
+    shown = []
+    for entry in view["locations"]:
+        if entry["confidential"] and not reveal_confidential:
+            shown.append({"location_id": entry["location_id"], "confidential": True})
+        else:
+            shown.append({**entry, "name": names[entry["location_id"]]})
+    view["locations"] = shown
+    view["description"] = one.description
+    view["stale"] = domain.is_stale(one.svc.last_confirmed, now, stale_after_days)
     return view
 
 
-def list_services(session: Session, *, need: str | None = None, accepting: bool | None = None,
-                  organization_id: str | None = None, limit: int = 50, offset: int = 0
-                  ) -> tuple[list[dict[str, Any]], int]:
-    """A page of services (by name) matching the filters, and the total that match."""
+def service_views(session: Session, ids: list[str], *, may_reveal: Any, now: datetime,
+                  stale_after_days: int) -> list[dict[str, Any]]:
+    """Views of ``ids`` in that order; ``may_reveal(org_id)`` says whether confidential
+    sites of that organization may be shown to the caller."""
+    loaded = load_services(session, ids)
+    return [_view(loaded[i], reveal_confidential=bool(may_reveal(loaded[i].org.id)), now=now,
+                  stale_after_days=stale_after_days) for i in ids if i in loaded]
+
+
+def service_view(session: Session, service_id: str, *, reveal_confidential: bool = True,
+                 now: datetime | None = None, stale_after_days: int = 90) -> dict[str, Any]:
+    """One service as the API shows it."""
+    return _view(_load_one(session, service_id), reveal_confidential=reveal_confidential,
+                 now=now or datetime.now(UTC), stale_after_days=stale_after_days)
+
+
+def list_filters(*, need: str | None = None, accepting: bool | None = None,
+                 organization_id: str | None = None) -> list[ColumnElement[bool]]:
     cond: list[ColumnElement[bool]] = []
     if need is not None:
         cond.append(service.c.id.in_(select(service_category.c.service_id)
@@ -69,11 +134,17 @@ def list_services(session: Session, *, need: str | None = None, accepting: bool 
         cond.append(service.c.id.in_(open_ids) if accepting else service.c.id.not_in(open_ids))
     if organization_id is not None:
         cond.append(service.c.organization_id == organization_id)
+    return cond
+
+
+def list_service_ids(session: Session, cond: list[ColumnElement[bool]], *, limit: int,
+                     offset: int) -> tuple[list[str], int]:
+    """A page of service ids (by name) matching ``cond`` and the total that match."""
     total = session.execute(select(func.count()).select_from(service).where(*cond)).scalar_one()
     ids = session.execute(select(service.c.id).where(*cond)
                           .order_by(service.c.name, service.c.id)
                           .limit(limit).offset(offset)).scalars().all()
-    return [service_view(session, i) for i in ids], int(total)
+    return list(ids), int(total)
 
 
 def organization_view(session: Session, org_id: str) -> dict[str, Any]:
@@ -91,4 +162,5 @@ def location_view(session: Session, location_id: str) -> dict[str, Any]:
         raise NotFound(location_id)
     return {"id": row.id, "organization_id": row.organization_id, "name": row.name,
             "location_type": row.location_type, "latitude": row.latitude,
-            "longitude": row.longitude}
+            "longitude": row.longitude, "confidential": row.confidential}
+

@@ -50,6 +50,7 @@ class LocationFields(Strict):
                                   validate=validate.OneOf(("physical", "postal", "virtual")))
     latitude = fields.Float(required=True, allow_nan=False, validate=validate.Range(-90, 90))
     longitude = fields.Float(required=True, allow_nan=False, validate=validate.Range(-180, 180))
+    confidential = fields.Boolean(load_default=False)  # e.g. a domestic-violence shelter
 
 
 class LocationIn(LocationFields):
@@ -70,11 +71,14 @@ class ScheduleIn(Strict):
     always_open = fields.Boolean(required=True)
     timezone = fields.String(required=True, validate=validate.Length(1, 64))
     hours = fields.List(fields.Nested(OpeningHoursIn), load_default=list)
+    valid_from = fields.Date(load_default=None, allow_none=True)
+    valid_to = fields.Date(load_default=None, allow_none=True)
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> domain.Schedule:
         schedule = domain.Schedule(always_open=data["always_open"], timezone=data["timezone"],
-                                   hours=tuple(data["hours"]))
+                                   hours=tuple(data["hours"]), valid_from=data["valid_from"],
+                                   valid_to=data["valid_to"])
         if errors := domain.schedule_errors(schedule):
             raise ValidationError(errors)
         return schedule
@@ -146,6 +150,20 @@ class ServiceQuery(PageArgs):
     need = fields.String(validate=validate.OneOf(events.NEEDS))
     accepting = fields.Boolean()
     organization_id = fields.UUID()
+    lat = fields.Float(allow_nan=False, validate=validate.Range(-90, 90))
+    lon = fields.Float(allow_nan=False, validate=validate.Range(-180, 180))
+    radius_km = fields.Float(allow_nan=False, validate=validate.Range(min=0.1, max=500))
+    language = fields.String(validate=LANGUAGE_TAG)
+    age = fields.Integer(validate=AGE)
+    open_now = fields.Boolean()
+    stale = fields.Boolean()
+
+    @validates_schema
+    def _place(self, data: dict[str, Any], **_: Any) -> None:
+        if ("lat" in data) != ("lon" in data):
+            raise ValidationError("Give lat and lon together.", "lat" if "lon" in data else "lon")
+        if "radius_km" in data and "lat" not in data:
+            raise ValidationError("radius_km needs lat and lon.", "radius_km")
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -171,11 +189,20 @@ class ServiceLocationOut(events.ServiceLocationSchema):
     name = fields.String(allow_none=True)
 
 
+class ScheduleOut(events.ScheduleSchema):
+    valid_from = fields.String(allow_none=True)  # ISO dates, as in the snapshot
+    valid_to = fields.String(allow_none=True)
+
+
 class ServiceOut(events.ProviderServiceUpsertedV1):
-    """The routing snapshot matching receives, plus what people read."""
+    """The routing snapshot matching receives, plus what people read. A confidential site
+    shows only ``location_id`` and ``confidential`` to people outside its organization."""
 
     description = fields.String(allow_none=True)
     locations = fields.List(fields.Nested(ServiceLocationOut))
+    schedule = fields.Nested(ScheduleOut)
+    stale = fields.Boolean()  # not confirmed within REGISTRY_STALE_AFTER_DAYS
+    distance_km = fields.Float()  # search with lat/lon: to the nearest site
 
 
 class ServicePage(Schema):

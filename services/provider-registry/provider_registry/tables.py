@@ -17,14 +17,17 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
     Text,
     UniqueConstraint,
+    false,
     select,
 )
 from sqlalchemy.orm import Session
@@ -44,6 +47,9 @@ organization = Table(
     Column("notification_channels", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("alternate_name", String(500), nullable=True),
+    Column("email", String(320), nullable=True),  # the organization's public address
+    Column("website", String(2000), nullable=True),
 )
 
 service = Table(
@@ -67,13 +73,30 @@ service = Table(
     Column("opening_hours", JSON, nullable=False),  # [{byday, opens_at, closes_at}]
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("alternate_name", String(500), nullable=True),
+    Column("url", String(2000), nullable=True),
+    Column("email", String(320), nullable=True),  # the service's public address
+    Column("schedule_valid_from", Date, nullable=True),  # HSDS schedule.valid_from/valid_to
+    Column("schedule_valid_to", Date, nullable=True),
+    # freshness: the last time staff or an import confirmed the listing (HSDS assured_date)
+    Column("last_confirmed", DateTime(timezone=True), nullable=True),
+    Column("import_digest", String(64), nullable=True),  # re-importing unchanged data is a no-op
+)
+
+service_language = Table(  # derived from service.languages: the indexed language filter
+    "service_language", metadata,
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("code", String(20), primary_key=True),  # primary subtag, lower case ("es")
+    Index("ix_service_language_code", "code", "service_id"),
 )
 
 service_category = Table(
     "service_category", metadata,
     Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
            primary_key=True),
-    Column("category", String(40), primary_key=True, index=True),
+    Column("category", String(40), primary_key=True),
+    Index("ix_service_category_need", "category", "service_id"),
 )
 
 location = Table(
@@ -87,6 +110,75 @@ location = Table(
     Column("longitude", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_modified", DateTime(timezone=True), nullable=False),
+    # e.g. a domestic-violence shelter: routing uses it, search/export/HSDS never show it
+    Column("confidential", Boolean, nullable=False, server_default=false()),
+    Column("description", Text, nullable=True),
+    Index("ix_location_lat_lon", "latitude", "longitude", "id"),  # bounding box, index-only
+)
+
+address = Table(  # HSDS address of a location (hidden with it when confidential)
+    "address", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("location_id", String(36), ForeignKey("location.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("attention", String(500), nullable=True),
+    Column("address_1", String(500), nullable=False),
+    Column("address_2", String(500), nullable=True),
+    Column("city", String(200), nullable=False),
+    Column("region", String(200), nullable=True),
+    Column("state_province", String(200), nullable=False),
+    Column("postal_code", String(50), nullable=False),
+    Column("country", String(100), nullable=False),
+    Column("address_type", String(20), nullable=False),
+)
+
+phone = Table(  # HSDS phone of a service, organization or location (public numbers)
+    "phone", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organization.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("location_id", String(36), ForeignKey("location.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("number", String(100), nullable=False),
+    Column("extension", String(20), nullable=True),
+    Column("type", String(20), nullable=True),
+    Column("description", Text, nullable=True),
+)
+
+taxonomy = Table(
+    "taxonomy", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("uri", String(2000), nullable=True),
+    Column("version", String(100), nullable=True),
+)
+
+taxonomy_term = Table(
+    "taxonomy_term", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("code", String(200), nullable=True),
+    Column("name", String(500), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("parent_id", String(36), nullable=True),
+    Column("taxonomy", String(500), nullable=True),
+    Column("language", String(20), nullable=True),
+    Column("taxonomy_id", String(36), nullable=True, index=True),  # may be an external one
+    Column("term_uri", String(2000), nullable=True),
+)
+
+attribute = Table(  # HSDS attribute: a service or location classified by a taxonomy term
+    "attribute", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("link_id", String(36), nullable=False, index=True),  # a service or a location
+    Column("link_type", String(200), nullable=True),
+    Column("link_entity", String(50), nullable=False),
+    Column("taxonomy_term_id", String(36), ForeignKey("taxonomy_term.id"), nullable=False,
+           index=True),
+    Column("value", Text, nullable=True),
+    Column("label", String(500), nullable=True),
 )
 
 service_at_location = Table(
@@ -94,8 +186,9 @@ service_at_location = Table(
     Column("id", String(36), primary_key=True),
     Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
            nullable=False),
-    Column("location_id", String(36), ForeignKey("location.id"), nullable=False, index=True),
+    Column("location_id", String(36), ForeignKey("location.id"), nullable=False),
     UniqueConstraint("service_id", "location_id"),
+    Index("ix_service_at_location_site", "location_id", "service_id"),  # index-only in search
 )
 
 service_capacity = Table(  # HSDS 3.1 service_capacity, one row per service, plus `accepting`
@@ -136,8 +229,10 @@ def _to_service(row: Any, categories: list[str]) -> domain.Service:
         service_area=domain.ServiceArea(radius_km=row.service_area_radius_km,
                                         geohashes=tuple(row.service_area_geohashes)),
         schedule=domain.Schedule(always_open=row.always_open, timezone=row.timezone,
-                                 hours=hours),
+                                 hours=hours, valid_from=row.schedule_valid_from,
+                                 valid_to=row.schedule_valid_to),
         last_modified=as_utc(row.last_modified),
+        last_confirmed=row.last_confirmed and as_utc(row.last_confirmed),
     )
 
 
@@ -151,28 +246,6 @@ def fetch_service(session: Session, service_id: str, *, lock: bool = False
     categories = session.execute(select(service_category.c.category).where(
         service_category.c.service_id == service_id)).scalars().all()
     return _to_service(row, list(categories))
-
-
-def fetch_description(session: Session, service_id: str) -> str | None:
-    return session.execute(select(service.c.description)
-                           .where(service.c.id == service_id)).scalar_one_or_none()
-
-
-def fetch_locations_of_service(session: Session, service_id: str) -> list[domain.Location]:
-    rows = session.execute(
-        select(location).join(service_at_location,
-                              service_at_location.c.location_id == location.c.id)
-        .where(service_at_location.c.service_id == service_id).order_by(location.c.id)).all()
-    return [domain.Location(id=r.id, latitude=r.latitude, longitude=r.longitude, name=r.name)
-            for r in rows]
-
-
-def fetch_capacity(session: Session, service_id: str) -> domain.Capacity:
-    row = session.execute(select(service_capacity)
-                          .where(service_capacity.c.service_id == service_id)).first()
-    if row is None:
-        return domain.NO_CAPACITY
-    return domain.Capacity(maximum=row.maximum, accepting=row.accepting, available=row.available)
 
 
 def service_ids_of_organization(session: Session, org_id: str, *, lock: bool = False

@@ -36,7 +36,7 @@ def test_snapshot_satisfies_the_upserted_contract() -> None:
     assert env.data["capacity"] == {"maximum": 20, "accepting": True, "available": None}
     assert env.data["notification_channels"] == ["in_app", "email"]
     assert env.data["schedule"] == {"always_open": True, "timezone": "America/Los_Angeles",
-                                    "hours": []}
+                                    "hours": [], "valid_from": None, "valid_to": None}
     assert env.data["updated_at"] == "2026-01-05T12:00:00Z"
 
 
@@ -52,7 +52,7 @@ def test_snapshot_is_deterministic_whatever_the_input_order() -> None:
 def test_snapshot_locations_carry_coordinates_and_their_geohash_but_no_names() -> None:
     [entry] = domain.routing_snapshot(ORG, SERVICE, [SITE], CAPACITY)["locations"]
     assert entry == {"location_id": "loc-b", "lat": 47.6062, "lon": -122.3321,
-                     "geohash": geo.encode(47.6062, -122.3321, 9)}
+                     "geohash": geo.encode(47.6062, -122.3321, 9), "confidential": False}
 
 
 def test_a_service_nobody_sized_is_published_as_not_accepting() -> None:

@@ -1,0 +1,241 @@
+"""Read HSDS 3.0 input into service documents: JSON (one object, a list, or an HSDS API
+page ``{"contents": [...]}``; ``service_full`` and ``organization_full`` shapes, and
+taxonomy terms) and tabular datapackages (a CSV folder or a zip of one).
+
+Schema problems are found here, record by record; a datapackage's rows are validated
+against ``tabular.json`` and joined into ``service_full`` documents, and a service one of
+whose rows (or its organization's or a location's) is invalid is rejected with the reason.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import validation
+
+TERM_ONLY = {"code", "parent_id", "taxonomy", "taxonomy_id", "term_uri", "language"}
+
+
+@dataclass
+class Source:
+    services: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (label, doc)
+    organizations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    terms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    taxonomies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, label: str, reasons: list[str]) -> None:
+        self.rejected.append({"record": label, "status": "rejected", "errors": reasons})
+
+
+def _label(kind: str, record: Any, index: int) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"{kind} {rid}" if isinstance(rid, str) and len(rid) <= 64 else f"{kind} #{index}"
+
+
+def from_json(data: Any) -> Source:
+    """Classify and validate each top-level record of an HSDS JSON document."""
+    src = Source()
+    items = data.get("contents") if isinstance(data, dict) and "contents" in data else data
+    for i, item in enumerate(items if isinstance(items, list) else [items]):
+        if not isinstance(item, dict):
+            src.reject(f"record #{i}", ["(record): must be an object"])
+        elif "status" in item or "organization_id" in item:
+            _add_service(src, item, _label("service", item, i))
+        elif TERM_ONLY & set(item):
+            _add_term(src, item, _label("taxonomy_term", item, i))
+        else:
+            _add_organization(src, item, _label("organization", item, i))
+    return src
+
+
+def _add_service(src: Source, item: dict[str, Any], label: str) -> None:
+    if problems := validation.validate_service(item):
+        src.reject(label, problems)
+    else:
+        src.services.append((label, item))
+
+
+def _add_term(src: Source, item: dict[str, Any], label: str) -> None:
+    term = {k: v for k, v in item.items() if k != "taxonomy_detail"}  # API form nests it
+    detail = item.get("taxonomy_detail")
+    problems = validation.row_problems("taxonomy_term", term)
+    if isinstance(detail, dict):
+        problems += validation.row_problems("taxonomy", detail)
+    if problems:
+        src.reject(label, problems)
+        return
+    src.terms[term["id"]] = term
+    if isinstance(detail, dict):
+        src.taxonomies[detail["id"]] = detail
+
+
+def _add_organization(src: Source, item: dict[str, Any], label: str) -> None:
+    if problems := validation.validate_organization(item):
+        src.reject(label, problems)
+        return
+    org = {k: v for k, v in item.items() if k != "services"}
+    src.organizations.append((label, org))
+    for j, svc in enumerate(item.get("services") or []):
+        doc = {**svc, "organization_id": svc.get("organization_id") or item["id"],
+               "organization": svc.get("organization") or org}
+        src.services.append((_label("service", svc, j), doc))
+
+
+# --- tabular datapackage ------------------------------------------------------------------
+
+def _coerce(value: str, prop: dict[str, Any]) -> Any:
+    kind = prop.get("type")
+    if kind == "number":
+        number = float(value)
+        return int(number) if number.is_integer() and "." not in value else number
+    if kind == "integer":
+        return int(value)
+    if kind == "boolean":
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError("not a boolean")
+        return value.lower() in ("true", "1")
+    return value
+
+
+def _typed_row(table: str, raw: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    props = validation.table_schemas()[table]["properties"]
+    row: dict[str, Any] = {}
+    errors = []
+    for key, value in raw.items():
+        if key is None:
+            errors.append("row: more cells than columns")
+        elif value not in (None, ""):
+            try:
+                row[key] = _coerce(value, props[key]) if key in props else value
+            except ValueError:
+                errors.append(f"{key}: must be of type {props[key].get('type')}")
+    return row, errors
+
+
+def read_tables(files: dict[str, str], src: Source) -> dict[str, list[dict[str, Any]]]:
+    """CSV text by file name -> valid typed rows by table; bad rows go to ``src``."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    by_path = {schema["path"]: name for name, schema in validation.table_schemas().items()}
+    for path, text in files.items():
+        table = by_path.get(path)
+        if table is None:
+            continue  # not an HSDS table (e.g. a README): ignored
+        rows = tables.setdefault(table, [])
+        for n, raw in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+            row, errors = _typed_row(table, raw)
+            errors += [] if errors else validation.row_problems(table, row)
+            if errors:
+                src.reject(f"{path} line {n}", errors)
+                src.rejected[-1].update(
+                    row_id=raw.get("id"), table=table,
+                    owners=[v for k in ("service_id", "link_id") if (v := raw.get(k))])
+            else:
+                rows.append(row)
+    return tables
+
+
+def _group(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get(key):
+            out[row[key]].append(row)
+    return out
+
+
+def _bad_ids(src: Source, table: str) -> set[str]:
+    return {r["row_id"] for r in src.rejected if r.get("table") == table and r.get("row_id")}
+
+
+def from_tables(files: dict[str, str]) -> Source:
+    """Join the tables of a datapackage into ``service_full`` documents."""
+    src = Source()
+    t = read_tables(files, src)
+    get = lambda name: t.get(name, [])
+    orgs = {o["id"]: o for o in get("organization")}
+    src.taxonomies = {x["id"]: x for x in get("taxonomy")}
+    src.terms = {x["id"]: x for x in get("taxonomy_term")}
+    phones = get("phone")
+    svc_phones = _group(phones, "service_id")
+    loc_phones = _group([p for p in phones if not p.get("service_id")], "location_id")
+    org_phones = _group([p for p in phones if not p.get("service_id")
+                         and not p.get("location_id")], "organization_id")
+    attrs = _group(get("attribute"), "link_id")
+    addresses = _group(get("address"), "location_id")
+    locations = {loc["id"]: {**loc, "addresses": addresses.get(loc["id"], []),
+                             "phones": loc_phones.get(loc["id"], []),
+                             "attributes": _with_terms(attrs.get(loc["id"], []), src)}
+                 for loc in get("location")}
+    for org in orgs.values():
+        org["phones"] = org_phones.get(org["id"], [])
+    children = {name: _group(get(name), "service_id")
+                for name in ("schedule", "language", "service_area", "service_at_location")}
+    bad = {name: _bad_children(src, name) for name in
+           ("schedule", "language", "service_area", "service_at_location", "phone",
+            "attribute")}
+    bad_orgs, bad_locs = _bad_ids(src, "organization"), _bad_ids(src, "location")
+    for i, svc in enumerate(get("service")):
+        label = _label("service", svc, i)
+        sid = svc["id"]
+        sals = children["service_at_location"].get(sid, [])
+        broken = [f"{name} rows of this service are invalid" for name, ids in bad.items()
+                  if sid in ids]
+        broken += [f"organization {svc.get('organization_id')} is invalid"] if svc.get(
+            "organization_id") in bad_orgs else []
+        broken += [f"location {s['location_id']} is invalid" for s in sals
+                   if s.get("location_id") in bad_locs]
+        if broken:
+            src.reject(label, broken)
+            continue
+        doc = {**svc, "schedules": children["schedule"].get(sid, []),
+               "languages": children["language"].get(sid, []),
+               "service_areas": children["service_area"].get(sid, []),
+               "attributes": _with_terms(attrs.get(sid, []), src),
+               "phones": svc_phones.get(sid, []),
+               "service_at_locations": [{**s, **({"location": locations[s["location_id"]]}
+                                                 if s.get("location_id") in locations else {})}
+                                        for s in sals]}
+        if svc.get("organization_id") in orgs:
+            doc["organization"] = orgs[svc["organization_id"]]
+        src.services.append((label, doc))
+    referenced = {svc.get("organization_id") for _, svc in src.services}
+    src.organizations = [(f"organization {o['id']}", o) for o in orgs.values()
+                         if o["id"] not in referenced]
+    return src
+
+
+def _bad_children(src: Source, table: str) -> set[str]:
+    """Owner ids (service or link id) of the rejected rows of a child table."""
+    owners = set()
+    for r in src.rejected:
+        if r.get("table") == table:
+            owners.update(r.get("owners", []))
+    return owners
+
+
+def _with_terms(rows: list[dict[str, Any]], src: Source) -> list[dict[str, Any]]:
+    return [{**r, "taxonomy_term": src.terms[r["taxonomy_term_id"]]}
+            if r.get("taxonomy_term_id") in src.terms else r for r in rows]
+
+
+def read_path(path: Path) -> Source:
+    """A JSON file, a datapackage folder, or a zip of one."""
+    if path.is_dir():
+        return from_tables({p.name: p.read_text(encoding="utf-8-sig")
+                            for p in path.glob("*.csv")})
+    raw = path.read_bytes()
+    return read_bytes(raw)
+
+
+def read_bytes(raw: bytes) -> Source:
+    if raw[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            return from_tables({Path(n).name: zf.read(n).decode("utf-8-sig")
+                                for n in zf.namelist() if n.endswith(".csv")})
+    return from_json(json.loads(raw.decode("utf-8-sig")))
