@@ -353,6 +353,9 @@ def requires(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 raise AuthError("role not allowed", 403)
             return view(*args, **kwargs)
 
+        # Read by the authorization-matrix test (functools.wraps copies it outwards, so
+        # later decorators keep it): every endpoint's roles are checked, none forgotten.
+        guarded.required_roles = tuple(roles)  # type: ignore[attr-defined]
         return guarded
 
     return decorate

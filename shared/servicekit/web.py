@@ -25,10 +25,17 @@ from werkzeug.exceptions import HTTPException
 
 from . import logs
 from .auth import AuthError
+from .ratelimit import REJECTED as RATE_LIMITED
+from .ratelimit import AuthFailureLimiter
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # deeper bodies are refused before any parser recurses into them
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# A string (its closing quote optional, so an unterminated one ends the scan instead of
+# being retried from every later quote: linear time on hostile input) or a bracket.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 PROBLEM_JSON = "application/problem+json"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -94,6 +101,19 @@ def _field_paths(errors: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def json_depth(body: bytes) -> int:
+    """Deepest array/object nesting of a JSON text (strings skipped), without parsing it:
+    Python's recursive decoders raise RecursionError (a 500) on a 64 KB ``[[[[...``."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(body):
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
 def validation_problem(messages: Any) -> Response:
     if isinstance(messages, dict) and set(messages) <= {"json", "query", "headers", "form",
                                                         "files", "path", "view_args"}:
@@ -139,7 +159,9 @@ class ProblemApi(Api):  # type: ignore[misc]
 
 
 def create_base_app(service: str, *, version: str = "1.0", readiness: list[Callable[[], None]]
-                    | None = None, non_json_endpoints: tuple[str, ...] = ()) -> tuple[Flask, Api]:
+                    | None = None, non_json_endpoints: tuple[str, ...] = (),
+                    auth_failure_limit: int = 20, auth_failure_window_s: int = 60
+                    ) -> tuple[Flask, Api]:
     app = Flask(service)
     app.json = IsoJSONProvider(app)
     app.config.update(
@@ -155,6 +177,8 @@ def create_base_app(service: str, *, version: str = "1.0", readiness: list[Calla
         "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}}})
     app.extensions["service_name"] = service
     app.extensions["problem_api"] = api
+    app.extensions["non_json_endpoints"] = non_json_endpoints  # read by the security tests
+    app.extensions["auth_limiter"] = AuthFailureLimiter(auth_failure_limit, auth_failure_window_s)
     _install_request_hooks(app, service, non_json_endpoints)
     _install_error_handlers(app)
     _install_ops_routes(app, readiness or [])
@@ -170,6 +194,13 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
         corr = request.headers.get("X-Correlation-ID", "")
         corr = corr if _SAFE_ID.match(corr) else rid
         g.log_tokens = (logs.request_id.set(rid), logs.correlation_id.set(corr))
+        if request.path not in OPS_PATHS:
+            wait = app.extensions["auth_limiter"].retry_after(request.remote_addr or "")
+            if wait:
+                RATE_LIMITED.labels(service).inc()
+                return problem_response(429, "Too Many Requests",
+                                        "Too many failed authentications; retry later",
+                                        headers={"Retry-After": str(wait)})
         if request.method in ("POST", "PUT", "PATCH") and request.endpoint not in non_json:
             length = request.content_length
             if length is not None and length > MAX_BODY_BYTES:
@@ -179,6 +210,10 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
             if has_body and not request.is_json:
                 return problem_response(415, "Unsupported Media Type",
                                         "Content-Type must be application/json")
+            if has_body and json_depth(request.get_data(cache=True)) > MAX_JSON_DEPTH:
+                return problem_response(400, "Bad Request",
+                                        f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                                        type_="/problems/malformed-json")
         return None
 
     @app.after_request
@@ -187,6 +222,8 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         REQUESTS.labels(service, endpoint, request.method, str(resp.status_code)).inc()
         LATENCY.labels(service, endpoint, request.method).observe(elapsed)
+        if resp.status_code == 401:
+            app.extensions["auth_limiter"].record_failure(request.remote_addr or "")
         resp.headers["X-Request-ID"] = logs.request_id.get() or ""
         resp.headers["X-Correlation-ID"] = logs.correlation_id.get() or ""
         resp.headers.setdefault("Cache-Control", "no-store")
