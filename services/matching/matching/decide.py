@@ -54,7 +54,8 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
                         extra=logs.log_fields(referral_id=referral_id))
         return None
     referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
-    candidates, pre = directory.candidates_for(session, ref.need, ref.geohash, policy.cache)
+    candidates, pre = directory.candidates_for(session, ref.need, ref.geohash, policy.cache,
+                                             (ref.lat, ref.lon))
     decision = decide_and_reserve(session, referral, candidates, pre, now, policy.weights)
     if only_if_placeable and decision.best is None:
         return None

@@ -9,17 +9,20 @@ directory. How many services the category and area filters removed comes from
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Float, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from servicekit import geo
 from servicekit.db import upsert
 
 from . import cells, domain
+from .eligibility import in_area
 from .tables import (
     registry_counts,
     service_cells,
@@ -30,6 +33,7 @@ from .tables import (
 )
 
 ALL = "*"
+BOX = ("lat_min", "lat_max", "lon_min", "lon_max")
 
 
 # --- index maintenance -----------------------------------------------------------------------
@@ -61,12 +65,20 @@ def reindex(session: Session, row: dict[str, Any], before: frozenset[str] | None
         deltas[ALL] = 1
     _shift_counts(session, deltas)
     session.execute(delete(service_cells).where(service_cells.c.service_id == sid))
-    covered = cells.service_cells([(p["lat"], p["lon"]) for p in row["locations"]],
-                                  row["radius_km"], row["area_geohashes"])
-    values = [{"category": c, "cell": cell, "service_id": sid}
-              for c in sorted(after) for cell in sorted(covered)]
+    values = index_rows(row)
     if values:
         session.execute(service_cells.insert(), values)
+
+
+def index_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``service_cells`` rows of a stored snapshot: one per (category, cell), each with
+    the service's reach box (NULLs when it has none)."""
+    points = [(p["lat"], p["lon"]) for p in row["locations"]]
+    covered = cells.service_cells(points, row["radius_km"], row["area_geohashes"])
+    box = dict(zip(BOX, cells.reach_box(points, row["radius_km"], row["area_geohashes"])
+                   or (None,) * 4, strict=True))
+    return [{"category": c, "cell": cell, "service_id": row["service_id"], **box}
+            for c in sorted(frozenset(row["categories"])) for cell in sorted(covered)]
 
 
 def unindex(session: Session, service_id: str, before: frozenset[str] | None) -> None:
@@ -110,9 +122,14 @@ def _nearby_statement() -> Any:
     """The hot query, built once (building a statement costs more than running it): ids,
     snapshot versions, load and history of the services indexed near a point, plus the
     counts. A fixed shape with bound parameters, so the driver prepares it once."""
-    near = (select(service_cells.c.service_id)
-            .where(service_cells.c.category == bindparam("need"),
-                   service_cells.c.cell.in_(bindparam("cells", expanding=True))))
+    sc = service_cells.c
+    lat, lon = bindparam("lat", type_=Float), bindparam("lon", type_=Float)
+    near = (select(sc.service_id)
+            .where(sc.category == bindparam("need"),
+                   sc.cell.in_(bindparam("cells", expanding=True)),
+                   or_(sc.lat_min.is_(None),
+                       and_(sc.lat_min <= lat, sc.lat_max >= lat,
+                            sc.lon_min <= lon, sc.lon_max >= lon))))
     return (select(service_view.c.service_id, service_view.c.updated_at,
                    func.coalesce(service_load.c.open_offers, 0).label("open_offers"),
                    func.coalesce(service_load.c.active_cases, 0).label("active_cases"),
@@ -150,36 +167,113 @@ class CandidateCache:
         self.entries[service_id] = (version, candidate)
 
 
+    def warm(self, session: Session) -> int:
+        """Parse every stored snapshot at once (one read instead of one per first sight;
+        optional: versions are still checked on every read). Returns how many."""
+        rows = session.execute(_candidate_query().add_columns(service_view.c.updated_at))
+        count = 0
+        for count, row in enumerate(rows, 1):
+            self.put(row.service_id, row.updated_at, to_candidate(row))
+        return count
+
+
+@lru_cache(maxsize=1)
+def _snapshots_statement() -> Any:
+    return (_candidate_query().add_columns(service_view.c.updated_at)
+            .where(service_view.c.service_id.in_(bindparam("ids", expanding=True))))
+
+
 def _parse_missing(session: Session, ids: list[str], cache: CandidateCache) -> None:
-    rows = session.execute(_candidate_query().add_columns(service_view.c.updated_at)
-                           .where(service_view.c.service_id.in_(ids)))
-    for row in rows:
+    for row in session.execute(_snapshots_statement(), {"ids": ids}):
         cache.put(row.service_id, row.updated_at, to_candidate(row))
 
 
-def nearby(session: Session, need: str, geohash: str, cache: CandidateCache | None = None
-           ) -> tuple[list[domain.Candidate], tuple[int, int] | None]:
-    """Services offering ``need`` indexed under a cell covering ``geohash`` (a semi-join on
-    an index range scan of ``service_cells``) with their current load and history, and
-    (directory size, services offering ``need``) when at least one row came back.
-    Snapshots come from ``cache`` when their version matches, else are read and parsed."""
+def _with_load(static: domain.Candidate, row: Sequence[Any]) -> domain.Candidate:
+    """``static`` with a ``_read_nearby`` row's load and history: ``dataclasses.replace``
+    without its per-field ``__init__`` (a tenth of the cost; runs once per candidate)."""
+    c = object.__new__(domain.Candidate)
+    vars(c).update(vars(static))
+    timed = row[6]
+    vars(c).update(open_offers=row[2], active_cases=row[3], answered=row[4],
+                   accepted=row[5], mean_response_s=row[7] / timed if timed else None)
+    return c
+
+
+# the hot query as PostgreSQL text (same shape and columns as ``_nearby_statement``): run
+# straight on the driver as a server-side prepared statement, it skips SQLAlchemy's
+# per-execution compile-cache lookup and parameter processing, the larger part of a
+# decision's client CPU once the candidates are few
+_NEARBY_PG = """
+SELECT v.service_id, v.updated_at,
+       COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0),
+       COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0),
+       COALESCE(h.response_s_total, 0.0),
+       (SELECT services FROM registry_counts WHERE category = '*'),
+       (SELECT services FROM registry_counts WHERE category = %(need)s)
+FROM service_view v
+LEFT OUTER JOIN service_load l ON l.service_id = v.service_id
+LEFT OUTER JOIN service_history h ON h.service_id = v.service_id
+WHERE v.service_id IN (
+    SELECT c.service_id FROM service_cells c
+    WHERE c.category = %(need)s AND c.cell = ANY(%(cells)s)
+      AND (c.lat_min IS NULL OR (c.lat_min <= %(lat)s AND c.lat_max >= %(lat)s
+                                 AND c.lon_min <= %(lon)s AND c.lon_max >= %(lon)s)))
+ORDER BY v.service_id
+"""
+
+
+def _read_nearby(session: Session, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+    """Rows (service_id, updated_at, open_offers, active_cases, answered, accepted, timed,
+    response_s_total, n_all, n_need) of the services indexed near a point."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        with conn.connection.driver_connection.cursor() as cur:
+            return cur.execute(_NEARBY_PG, params, prepare=True).fetchall()
+    return conn.execute(_nearby_statement(), params).all()  # SQLite (the embedded default)
+
+
+def centre(geohash: str) -> tuple[float, float]:
+    """The point a referral in ``geohash`` carries (the cell centre, as ``geo.coarsen``)."""
+    lat, lon = geo.decode(geohash)
+    return round(lat, 3), round(lon, 3)
+
+
+@dataclass
+class Nearby:
+    """What one indexed read found: the candidates covering the point, the index rows
+    read (the cost of the read), and (directory size, services offering the need)."""
+
+    candidates: list[domain.Candidate]
+    rows_read: int
+    totals: tuple[int, int] | None
+
+
+def nearby(session: Session, need: str, geohash: str, cache: CandidateCache | None = None,
+           at: tuple[float, float] | None = None) -> Nearby:
+    """Services offering ``need`` indexed under a cell covering ``geohash`` whose reach box
+    (if any) holds the point ``at`` (default: the cell centre), with their current load
+    and history; only those passing the exact area check (``eligibility.in_area``) are
+    returned. Snapshots come from ``cache`` when their version matches, else are read and
+    parsed; the area check runs on the cached snapshot, before load is attached."""
     cache = cache if cache is not None else CandidateCache()
-    rows = session.execute(_nearby_statement(), {
-        "need": need, "cells": cells.lookup_cells(geohash)}).all()
-    missing = [r.service_id for r in rows if cache.get(r.service_id, r.updated_at) is None]
+    lat, lon = at if at is not None else centre(geohash)
+    rows = _read_nearby(session, {"need": need, "cells": cells.lookup_cells(geohash),
+                                  "lat": lat, "lon": lon})
+    missing = [r[0] for r in rows if cache.get(r[0], r[1]) is None]
     if missing:
         _parse_missing(session, missing, cache)
+    point = domain.Referral(referral_id="", need=need, urgency="", lat=lat, lon=lon,
+                            geohash=geohash)
     found = []
     for row in rows:
-        static = cache.get(row.service_id, row.updated_at)
+        static = cache.get(row[0], row[1])
         if static is None:  # changed between the two reads: use the newer snapshot
-            static = cache.entries[row.service_id][1]
-        found.append(replace(
-            static, open_offers=row.open_offers, active_cases=row.active_cases,
-            answered=row.answered, accepted=row.accepted,
-            mean_response_s=row.response_s_total / row.timed if row.timed else None))
-    totals = (int(rows[0].n_all or 0), int(rows[0].n_need or 0)) if rows else None
-    return found, totals
+            static = cache.entries[row[0]][1]
+        if not in_area(point, static):
+            continue
+        found.append(_with_load(static, row))
+    totals = (int(rows[0][8] or 0), int(rows[0][9] or 0)) if rows else None
+    return Nearby(found, len(rows), totals)
 
 
 def every_service(session: Session) -> list[domain.Candidate]:
@@ -196,14 +290,18 @@ def counts(session: Session, need: str) -> tuple[int, int]:
 
 
 def candidates_for(session: Session, need: str, geohash: str,
-                   cache: CandidateCache | None = None
+                   cache: CandidateCache | None = None, at: tuple[float, float] | None = None
                    ) -> tuple[list[domain.Candidate], dict[str, int]]:
-    """Candidates near ``geohash`` offering ``need``, and how many services the category
-    and area pre-filters removed (counted under ``category`` and ``out_of_area``)."""
-    found, totals = nearby(session, need, geohash, cache)
-    total, offering = totals if totals is not None else counts(session, need)
-    return found, {"category": max(0, total - offering),
-                   "out_of_area": max(0, offering - len(found))}
+    """Candidates offering ``need`` whose area covers the resident (cell ``geohash``,
+    point ``at``), and how many services the category and area pre-filters removed.
+
+    Every service offering the need that does not cover the resident counts under
+    ``out_of_area``, whatever else it fails: the counts are those of a linear scan that
+    checks the area right after the category, independent of how coarse the index is."""
+    near = nearby(session, need, geohash, cache, at)
+    total, offering = near.totals if near.totals is not None else counts(session, need)
+    return near.candidates, {"category": max(0, total - offering),
+                             "out_of_area": max(0, offering - len(near.candidates))}
 
 
 def count_services(session: Session) -> int:

@@ -60,7 +60,8 @@ def simulate(session: Session, body: dict[str, Any], now: datetime,
         needs_interpreter=body.get("needs_interpreter", False),
         flags=frozenset(body.get("flags") or ()),
     )
-    candidates, pre = directory.candidates_for(session, body["need"], where["geohash"], cache)
+    candidates, pre = directory.candidates_for(session, body["need"], where["geohash"], cache,
+                                             (where["lat"], where["lon"]))
     decision = domain.evaluate(referral, candidates, now, weights, pre)
     return {
         "outcome": decision.outcome,

@@ -65,6 +65,9 @@ service_cells = Table(
     Column("category", String(40), primary_key=True),
     Column("cell", String(12), primary_key=True),  # "" = everywhere (see cells.py)
     Column("service_id", String(200), primary_key=True),
+    # the service's reach box (cells.reach_box), NULL: no box (reaches any point of the cell)
+    Column("lat_min", Float), Column("lat_max", Float),
+    Column("lon_min", Float), Column("lon_max", Float),
     Index("ix_service_cells_service", "service_id"),
 )
 

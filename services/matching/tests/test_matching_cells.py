@@ -38,6 +38,40 @@ def test_every_resident_within_the_radius_finds_the_service(
         assert _found(cells.service_cells([(lat, lon)], radius, []), where["geohash"])
 
 
+@settings(max_examples=300, deadline=None)
+@given(lat=lat_s, lon=lon_s, radius=st.floats(min_value=0.5, max_value=400),
+       bearing=st.floats(min_value=0, max_value=2 * math.pi),
+       share=st.floats(min_value=0, max_value=1))
+def test_every_resident_within_the_radius_is_inside_the_reach_box(
+        lat: float, lon: float, radius: float, bearing: float, share: float) -> None:
+    """The reach box never drops a service whose exact area check passes."""
+    d = radius * share / 111.2
+    plat = max(-89.9, min(89.9, lat + d * math.cos(bearing)))
+    plon = lon + d * math.sin(bearing) / max(0.05, math.cos(math.radians(plat)))
+    plon = ((plon + 180) % 360) - 180
+    where = geo.coarsen(plat, plon)
+    service = Candidate(service_id="s", organization_id="o", categories=frozenset({"food"}),
+                        locations=(Point(lat, lon),), radius_km=radius)
+    resident = Referral(referral_id="r", need="food", urgency="urgent", lat=where["lat"],
+                        lon=where["lon"], geohash=where["geohash"])
+    box = cells.reach_box([(lat, lon)], radius, [])
+    if eligibility.in_area(resident, service) and box is not None:
+        lat_min, lat_max, lon_min, lon_max = box
+        assert lat_min <= where["lat"] <= lat_max and lon_min <= where["lon"] <= lon_max
+
+
+def test_a_reach_box_only_where_a_radius_alone_decides() -> None:
+    assert cells.reach_box([(51.5, -0.12)], None, []) is None  # serves everywhere
+    assert cells.reach_box([(51.5, -0.12)], 5.0, ["gcpv"]) is None  # an area too
+    assert cells.reach_box([], 5.0, []) is None
+    assert cells.reach_box([(0.0, 179.99)], 20.0, []) is None  # across the antimeridian
+    lat_min, lat_max, lon_min, lon_max = cells.reach_box([(51.5, -0.12), (51.6, 0.1)], 5.0,
+                                                         [])
+    assert lat_min < 51.5 - 0.045 and lat_max > 51.6 + 0.045
+    assert lon_min < -0.12 - 0.07 and lon_max > 0.1 + 0.07
+    assert lat_max - lat_min < 0.25 and lon_max - lon_min < 0.4
+
+
 @given(lat=lat_s, lon=lon_s, precision=st.integers(min_value=1, max_value=9))
 def test_area_geohashes_are_found_from_inside(lat: float, lon: float, precision: int) -> None:
     area = geo.encode(lat, lon, precision)

@@ -256,3 +256,26 @@ def test_a_cached_snapshot_is_never_used_after_the_service_changes(
     with matching_db.transaction() as session:
         [again], _ = directory.candidates_for(session, "housing", _home_cell(), cache)
     assert decision.type == events.ROUTING_PROPOSED and again.open_offers == 1
+
+
+def test_near_misses_count_as_out_of_area_whatever_else_they_fail(
+        matching_db: Database) -> None:
+    """The reach box skips a service whose radius cannot reach the resident; one inside
+    the box but outside the radius is dropped by the exact check: both count under
+    out_of_area (not under the inactive status they also have), as a linear scan checking
+    the area right after the category would count them."""
+    import math
+
+    from matching_factories import HOME
+
+    east = (HOME[0], HOME[1] + 15.0 / (111.32 * math.cos(math.radians(HOME[0]))))
+    upsert(matching_db, service_upserted("svc-near", km_north=1.0),
+           service_upserted("svc-north", km_north=22.0, status="inactive"),  # outside the box
+           service_upserted("svc-corner", km_north=15.0, home=east, status="inactive"))
+    with matching_db.transaction() as session:
+        read = directory.nearby(session, "housing", _home_cell())
+        near, pre = directory.candidates_for(session, "housing", _home_cell())
+    assert read.rows_read == 2  # svc-north never left the database
+    assert [c.service_id for c in read.candidates] == [c.service_id for c in near] == [
+        "svc-near"]
+    assert pre == {"category": 0, "out_of_area": 2}
