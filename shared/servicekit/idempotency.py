@@ -66,28 +66,43 @@ def _replay(stored: Stored, digest: str) -> Response:
 
 
 def run(db: Database, *, principal: str, key: str | None, payload: Any,
-        work: Callable[[Session], tuple[int, dict[str, Any], str | None]]) -> Response:
+        work: Callable[[Session], tuple[int, dict[str, Any], str | None]],
+        check_first: bool = True) -> Response:
     """Run ``work(session) -> (status, body, resource_id)`` at most once per (principal, key).
 
     ``work`` must not commit; this function commits its effects together with the stored
     response. Without a key, ``work`` simply runs in its own transaction.
+
+    ``check_first=False`` (creates, where a new key is the rule): skip the lookup and let the
+    key's primary key decide. A duplicate then fails on the key INSERT (or ``work`` fails),
+    the transaction rolls back whole, and the stored answer is replayed; one statement less
+    per request, the same guarantees (nothing of the losing attempt is committed).
     """
     digest = body_hash(payload)
-    for _ in range(2):
+    for attempt in range(2):
         with db.uow() as uow:
-            if key is not None:
+            if key is not None and (check_first or attempt > 0):
                 stored = _lookup(uow.session, principal, key)
                 if stored is not None:
                     return _replay(stored, digest)
-            status, body, resource_id = work(uow.session)
-            text = json.dumps(body, default=json_default)
-            if key is not None:
-                t = uow.session.info["metadata"].tables["idempotency_key"]
-                uow.session.execute(t.insert().values(
-                    principal=principal, key=key, request_hash=digest, status_code=status,
-                    response_body=text, resource_id=resource_id,
-                    created_at=datetime.now(timezone.utc)))
             try:
+                status, body, resource_id = work(uow.session)
+            except Exception:
+                if key is None or check_first or attempt > 0:
+                    raise
+                uow.rollback()
+                stored = _lookup(uow.session, principal, key)
+                if stored is not None:  # a retry whose first attempt already committed
+                    return _replay(stored, digest)
+                raise
+            text = json.dumps(body, default=json_default)
+            try:
+                if key is not None:
+                    t = uow.session.info["metadata"].tables["idempotency_key"]
+                    uow.session.execute(t.insert().values(
+                        principal=principal, key=key, request_hash=digest, status_code=status,
+                        response_body=text, resource_id=resource_id,
+                        created_at=datetime.now(timezone.utc)))
                 uow.commit()
             except IntegrityError:
                 uow.rollback()

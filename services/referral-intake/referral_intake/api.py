@@ -76,13 +76,14 @@ def translate(error: Exception) -> Response:
 
 
 _EXPECTED = (handlers.NotFound, handlers.Invalid, domain.DomainError)
+_REFERRAL_OUT = FullReferralOut()  # built once: a schema instance deep-copies its fields
 
 
 def _without_pii(body: dict[str, Any]) -> dict[str, Any]:
     """Command answers are stored for Idempotency-Key replays: they never carry PII (the
     caller reads contact details with GET, which is audited each time)."""
     if "short_id" in body:
-        body = FullReferralOut().dump({k: v for k, v in body.items()
+        body = _REFERRAL_OUT.dump({k: v for k, v in body.items()
                                        if k not in ("contact", "pii")})
     return json.loads(json.dumps(body, default=str))  # type: ignore[no-any-return]
 
@@ -131,7 +132,7 @@ def create_referral(body: dict[str, Any]) -> Response:
     try:
         return idempotency.run(_db(), principal=f"{principal.role}:{principal.sub}",
                                key=idempotency.request_key(), payload=request.get_json(),
-                               work=work)
+                               work=work, check_first=False)  # new keys are the rule
     except _EXPECTED as error:
         return translate(error)
 

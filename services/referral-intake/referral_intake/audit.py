@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from servicekit import events
 from servicekit.auth import Principal
-from servicekit.db import locked
+from servicekit.db import locked, write_all
 
 from .tables import audit_head, audit_log
 
@@ -61,9 +61,10 @@ def record(session: Session, key: bytes, *, actor: Principal | None, action: str
     }
     row["prev_hash"] = head.hash
     row["hash"] = _digest(key, head.hash, row)
-    session.execute(audit_log.insert().values(**row))
-    session.execute(update(audit_head).where(audit_head.c.id == chain)
-                    .values(seq=row["seq"], hash=row["hash"]))
+    # the row and the new head in one round trip (the head stays locked until commit)
+    write_all(session, [audit_log.insert().values(**row),
+                        update(audit_head).where(audit_head.c.id == chain)
+                        .values(seq=row["seq"], hash=row["hash"])])
     return int(row["seq"])
 
 

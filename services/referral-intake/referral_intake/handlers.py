@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from servicekit import crypto, events, geo, outbox
 from servicekit.auth import Principal
 from servicekit.consumer import PermanentError
-from servicekit.db import locked, upsert
+from servicekit.db import locked, upsert, write_all
 
 from . import domain, vault
 from .tables import consents, offers, referrals, services, subjects, timeline
@@ -94,6 +94,7 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
 
     now = _now()
     referral_id = str(uuid.uuid4())
+    writes: list[Any] = []  # the new rows, sent in one round trip (db.write_all)
     if body.get("same_subject_as"):
         subject_id, _, other = _shared_subject(session, principal, body)
         dek = vault.data_key(session, ctx.keysource, subject_id)
@@ -103,8 +104,9 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         eligibility = dict(other.eligibility, flags=sorted(set(body.get("flags", []))))
         written: list[str] = []
     else:
-        subject_id, dek, written = vault.new_subject(session, ctx.keysource, body["subject"],
-                                                     body["location"], now)
+        subject_id, dek, written, insert_subject = vault.subject_insert(
+            ctx.keysource, body["subject"], body["location"], now)
+        writes.append(insert_subject)
         coarse = dict(geo.coarsen(body["location"]["lat"], body["location"]["lon"]))
         eligibility = _eligibility(body, now.date())
     notes = body.get("notes")
@@ -118,17 +120,18 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         notes_ct=None if not notes else vault.seal(dek, notes, "referrals", "notes",
                                                    referral_id),
     )
-    session.execute(referrals.insert().values(**row))
+    writes.append(referrals.insert().values(**row))
     consent = body["consent"]
-    session.execute(consents.insert().values(
+    writes.append(consents.insert().values(
         referral_id=referral_id, share_with_provider=consent["share_with_provider"],
         referrer_updates=consent["referrer_updates"],
         contact_methods=sorted(set(consent.get("contact_methods", []))),
         obtained_via=consent["obtained_via"], captured_by=principal.sub, captured_at=now,
         expires_at=consent.get("expires_at")))
-    session.execute(timeline.insert().values(referral_id=referral_id, from_status=None,
-                                             to_status="submitted", actor_role="officer",
-                                             occurred_at=now))
+    writes.append(timeline.insert().values(referral_id=referral_id, from_status=None,
+                                           to_status="submitted", actor_role="officer",
+                                           occurred_at=now))
+    write_all(session, writes)
     outbox.emit(session, events.REFERRAL_SUBMITTED, subject=referral_id, source=SOURCE, data={
         "referral_id": referral_id, "short_id": row["short_id"], "need": row["need"],
         "urgency": row["urgency"], "coarse_location": coarse,
@@ -185,21 +188,28 @@ def apply(session: Session, ctx: Context, ref: Any, cmd: domain.Command, *, now:
     before = domain_state(session, ref)
     after, changes = domain.decide(before, cmd)
     old = {o.id: o for o in before.offers}
+    writes: list[Any] = []  # independent rows and updates: one round trip (db.write_all)
     for o in after.offers:
         if o.id not in old:
-            session.execute(offers.insert().values(
+            writes.append(offers.insert().values(
                 id=o.id, referral_id=ref.id, service_id=o.service_id,
                 organization_id=o.organization_id, attempt=o.attempt,
                 proposal_id=proposal_id or o.id, status=o.status, expires_at=o.expires_at,
                 created_at=now))
         elif old[o.id].status != o.status:
-            session.execute(update(offers).where(offers.c.id == o.id).values(
+            writes.append(update(offers).where(offers.c.id == o.id).values(
                 status=o.status, reason_code=o.reason_code, answered_at=now))
     if after.status != before.status:
-        session.execute(update(referrals).where(referrals.c.id == ref.id)
-                        .values(**_milestones(ctx, ref, after.status, changes, now)))
-    for change in changes:
-        _record(session, ref, change, now=now, proposal_id=proposal_id, note_ct=note_ct)
+        writes.append(update(referrals).where(referrals.c.id == ref.id)
+                      .values(**_milestones(ctx, ref, after.status, changes, now)))
+    consent = current_consent(session, ref.id) if changes else None
+    rows = [_record(session, ref, change, consent, now=now, proposal_id=proposal_id,
+                    note_ct=note_ct) for change in changes]
+    if len(rows) == 1:
+        writes.append(timeline.insert().values(**rows[0]))
+    write_all(session, writes)
+    if len(rows) > 1:  # in order, so timeline ids follow the changes (executemany, cached)
+        session.execute(timeline.insert(), rows)
     return after, changes
 
 
@@ -219,15 +229,15 @@ def _milestones(ctx: Context, ref: Any, status: str, changes: list[domain.Change
     return values
 
 
-def _record(session: Session, ref: Any, change: domain.Change, *, now: datetime,
-            proposal_id: str | None, note_ct: str | None) -> None:
-    consent = current_consent(session, ref.id)
+def _record(session: Session, ref: Any, change: domain.Change, consent: Any, *,
+            now: datetime, proposal_id: str | None, note_ct: str | None) -> Any:
+    """Emit the change's event; return its timeline row for the caller to insert."""
     offer = _offer_data(change.offer) if change.offer else None
-    session.execute(timeline.insert().values(
+    row = dict(  # noqa: C408 - keyword form reads like the table
         referral_id=ref.id, from_status=change.from_status, to_status=change.to_status,
         reason_code=change.reason_code, outcome_code=change.outcome_code,
         actor_role=change.actor_role, offer_id=offer["offer_id"] if offer else None,
-        occurred_at=now, note_ct=note_ct))
+        occurred_at=now, note_ct=note_ct)
     outbox.emit(session, events.REFERRAL_STATUS_CHANGED, subject=ref.id, source=SOURCE, data={
         "referral_id": ref.id, "short_id": ref.short_id, "need": ref.need,
         "urgency": ref.urgency, "agency_id": ref.agency_id, "officer_ref": ref.officer_ref,
@@ -236,6 +246,7 @@ def _record(session: Session, ref: Any, change: domain.Change, *, now: datetime,
         "actor_role": change.actor_role, "referrer_updates": consent["referrer_updates"],
         "proposal_id": proposal_id, "occurred_at": now,
     })
+    return row
 
 
 # ---- events from matching and the registry -------------------------------------------------

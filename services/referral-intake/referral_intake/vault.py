@@ -62,6 +62,15 @@ def new_subject(session: Session, keys: KeySource, subject: dict[str, Any],
                 location: dict[str, float], now: datetime) -> tuple[str, bytes, list[str]]:
     """Encrypt and store a subject; returns (id, data key, fields written). The caller
     audits the write (once per request, with the referral it belongs to)."""
+    subject_id, dek, written, stmt = subject_insert(keys, subject, location, now)
+    session.execute(stmt)
+    return subject_id, dek, written
+
+
+def subject_insert(keys: KeySource, subject: dict[str, Any], location: dict[str, float],
+                   now: datetime) -> tuple[str, bytes, list[str], Any]:
+    """``new_subject`` without executing: the INSERT is returned so the caller can send it
+    together with the referral's other rows (one round trip, see ``db.write_all``)."""
     subject_id = str(uuid.uuid4())
     dek = crypto.new_data_key()
     row: dict[str, Any] = {"id": subject_id, "wrapped_key": keys.wrap(dek, subject_id),
@@ -74,8 +83,7 @@ def new_subject(session: Session, keys: KeySource, subject: dict[str, Any],
             written.append(name)
     row["location_ct"] = seal(dek, f"{location['lat']},{location['lon']}", "subjects",
                               "location", subject_id)
-    session.execute(subjects.insert().values(**row))
-    return subject_id, dek, [*written, "location"]
+    return subject_id, dek, [*written, "location"], subjects.insert().values(**row)
 
 
 def seal(dek: bytes, value: str, table: str, column: str, row_id: str) -> str:
