@@ -19,6 +19,7 @@ from .tables import (
     _to_service,
     as_utc,
     location,
+    one_of,
     organization,
     service,
     service_at_location,
@@ -47,28 +48,29 @@ def load_services(session: Session, ids: list[str]) -> dict[str, Loaded]:
     capacity, in five queries."""
     if not ids:
         return {}
-    rows = session.execute(select(service).where(service.c.id.in_(ids))).all()
+    rows = session.execute(select(service).where(one_of(session, service.c.id, ids))).all()
     cats: dict[str, list[str]] = defaultdict(list)
     for sid, cat in session.execute(select(service_category.c.service_id,
                                            service_category.c.category)
-                                    .where(service_category.c.service_id.in_(ids))):
+                                    .where(one_of(session, service_category.c.service_id, ids))):
         cats[sid].append(cat)
     sites: dict[str, list[domain.Location]] = defaultdict(list)
     for r in session.execute(
             select(service_at_location.c.service_id, location)
             .join(location, service_at_location.c.location_id == location.c.id)
-            .where(service_at_location.c.service_id.in_(ids)).order_by(location.c.id)):
+            .where(one_of(session, service_at_location.c.service_id, ids)).order_by(location.c.id)):
         sites[r.service_id].append(domain.Location(
             id=r.id, latitude=r.latitude, longitude=r.longitude, name=r.name,
             confidential=r.confidential))
     caps = {r.service_id: domain.Capacity(maximum=r.maximum, accepting=r.accepting,
                                           available=r.available)
             for r in session.execute(select(service_capacity)
-                                     .where(service_capacity.c.service_id.in_(ids)))}
+                                     .where(one_of(session, service_capacity.c.service_id, ids)))}
     org_ids = {r.organization_id for r in rows}
     orgs = {r.id: domain.Organization(id=r.id, name=r.name,
                                       notification_channels=tuple(r.notification_channels))
-            for r in session.execute(select(organization).where(organization.c.id.in_(org_ids)))}
+            for r in session.execute(select(organization).where(
+                one_of(session, organization.c.id, org_ids)))}
     return {r.id: Loaded(org=orgs[r.organization_id], svc=_to_service(r, cats[r.id]),
                          locations=sites[r.id], capacity=caps.get(r.id, domain.NO_CAPACITY),
                          description=r.description) for r in rows}

@@ -207,6 +207,7 @@ class ServiceOut(events.ProviderServiceUpsertedV1):
 
 class ServicePage(Schema):
     items = fields.List(fields.Nested(ServiceOut))
-    total = fields.Integer()
+    total = fields.Integer(metadata={"description": "exact with lat/lon; else counted up to "
+                                     "1000, and 1001 means more than 1000"})
     limit = fields.Integer()
     offset = fields.Integer()

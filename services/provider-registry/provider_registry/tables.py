@@ -10,6 +10,7 @@ The directory holds no personal data: organizations, services and public sites o
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     Date,
     DateTime,
     Float,
@@ -27,9 +29,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    any_,
+    bindparam,
     false,
     select,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from servicekit.db import add_kit_tables, locked, new_metadata
@@ -191,6 +196,20 @@ service_at_location = Table(
     Index("ix_service_at_location_site", "location_id", "service_id"),  # index-only in search
 )
 
+service_site_need = Table(  # derived search table, see search_index.py
+    "service_site_need", metadata,
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("location_id", String(36), ForeignKey("location.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("category", String(40), primary_key=True),
+    Column("lat_band", Integer, nullable=False),  # floor((latitude + 90) * 20)
+    Column("latitude", Float, nullable=False),
+    Column("longitude", Float, nullable=False),
+    Index("ix_service_site_need_box", "category", "lat_band", "longitude", "latitude",
+          "service_id"),
+)
+
 service_capacity = Table(  # HSDS 3.1 service_capacity, one row per service, plus `accepting`
     "service_capacity", metadata,
     Column("id", String(36), primary_key=True),
@@ -204,6 +223,16 @@ service_capacity = Table(  # HSDS 3.1 service_capacity, one row per service, plu
 
 
 # --- repository --------------------------------------------------------------------------
+
+def one_of(session: Session, column: Any, values: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN values`` for bulk work: on PostgreSQL ``= ANY(array)``, one parameter,
+    because an IN list of a thousand ids is a thousand parameters that psycopg re-parses
+    on every statement (most of a bulk import's database CPU); elsewhere ``IN``."""
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(String)))  # type: ignore[no-any-return]
+    return column.in_(values)  # type: ignore[no-any-return]
+
 
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every stored time is UTC."""

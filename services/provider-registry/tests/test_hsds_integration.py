@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from registry_harness import PROBLEM, Harness
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from provider_registry import bootstrap, synthetic, tables
 from provider_registry.__main__ import cli
@@ -242,3 +242,28 @@ def test_seeding_the_same_city_twice_writes_and_emits_nothing_new(reg: Harness) 
 
 def test_database_for_other_tests_is_untouched(reg: Harness) -> None:
     assert isinstance(reg.db, Database) and reg.count("service") == 0
+
+
+def test_bulk_import_events_match_full_validation_and_search_finds_imported_sites(
+        reg: Harness) -> None:
+    """The import validates one snapshot per batch in full and only serialises the others
+    (outbox.emit_many validate_each=False): every payload must be exactly what full
+    validation gives. The search table is filled in the import's transaction."""
+    docs, _ = synthetic.city(30, seed=5, today=datetime.now(UTC).date())
+    resp = _post(reg, docs)
+    assert resp.json["created"] == 30, resp.json
+    table = reg.db.metadata.tables["outbox"]
+    with reg.db.engine.connect() as conn:
+        payloads = [json.loads(r.payload) for r in conn.execute(select(table))]
+    assert len(payloads) == 30
+    for p in payloads:
+        checked = events.new_event(p["type"], subject=p["subject"], sequence=p["sequence"],
+                                   data=p["data"], source="test")
+        assert checked.data == p["data"]
+    doc = docs[7]
+    site = doc["service_at_locations"][0]["location"]
+    need = reg.get(f"/v1/services/{doc['id']}")["categories"][0]
+    found = reg.get(f"/v1/services?need={need}&lat={site['latitude']}"
+                    f"&lon={site['longitude']}&radius_km=0.5&limit=50")
+    assert doc["id"] in [i["service_id"] for i in found["items"]]
+    assert found["total"] == len(found["items"])

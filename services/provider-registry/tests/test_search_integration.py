@@ -103,3 +103,33 @@ def test_bad_search_parameters_are_422_naming_the_field(reg: Harness, query: str
     resp = reg.client.get(f"/v1/services?{query}", headers=reg.auth("officer"))
     assert (resp.status_code, resp.mimetype) == (422, PROBLEM)
     assert field in resp.json["detail"]
+
+
+def test_need_and_radius_search_follows_every_write(reg: Harness) -> None:
+    """The search table (service_site_need) is rebuilt in the transaction of each write:
+    a moved site, a changed need and a deleted service show at once; totals are exact."""
+    org = _org(reg)
+    moved = _service(reg, org, "Moved", 47.61, -122.335)
+    stays = _service(reg, org, "Stays", 47.62, -122.335)
+    query = f"need=housing&lat={HOME[0]}&lon={HOME[1]}&radius_km=5"
+    assert [i["service_id"] for i in _search(reg, query)] == [moved, stays]
+    assert reg.get(f"/v1/services?{query}&limit=1")["total"] == 2
+    site = reg.get(f"/v1/services/{moved}")["locations"][0]["location_id"]
+    resp = reg.client.put(f"/v1/locations/{site}", headers=reg.auth("admin"),
+                          json={"latitude": 47.2529, "longitude": -122.4443})  # Tacoma
+    assert resp.status_code == 200, resp.json
+    assert [i["service_id"] for i in _search(reg, query)] == [stays]
+    tacoma = "need=housing&lat=47.2529&lon=-122.4443&radius_km=2"
+    assert [i["service_id"] for i in _search(reg, tacoma)] == [moved]
+    body = reg.get(f"/v1/services/{stays}")
+    resp = reg.client.put(f"/v1/services/{stays}", headers=reg.auth("admin"), json={
+        "name": "Stays", "categories": ["food"], "service_area": {"radius_km": 30},
+        "schedule": {"always_open": True, "timezone": "America/Los_Angeles"},
+        "location_ids": [e["location_id"] for e in body["locations"]]})
+    assert resp.status_code == 200, resp.json
+    assert _search(reg, query) == []
+    food = query.replace("need=housing", "need=food")
+    assert [i["service_id"] for i in _search(reg, food)] == [stays]
+    assert reg.client.delete(f"/v1/services/{stays}",
+                             headers=reg.auth("admin")).status_code == 204
+    assert reg.get(f"/v1/services?{food}")["total"] == 0

@@ -122,7 +122,7 @@ def _import_chunk(session: Session, chunk: list[tuple[str, dict[str, Any]]], src
     ids = [doc.get("id") for _, doc in chunk]
     stored = {r.id: r for r in session.execute(
         select(t.service.c.id, t.service.c.import_digest, t.service.c.organization_id)
-        .where(t.service.c.id.in_(ids)))}
+        .where(t.one_of(session, t.service.c.id, ids)))}
     bundles: list[tuple[str, Bundle]] = []
     for label, doc in chunk:
         old = stored.get(doc.get("id"))
@@ -161,7 +161,8 @@ def _import_chunk(session: Session, chunk: list[tuple[str, dict[str, Any]]], src
     loaded = load_services(session, [b.service_id for _, b in bundles])
     outbox.emit_many(session, events.PROVIDER_SERVICE_UPSERTED, [
         (sid, domain.routing_snapshot(one.org, one.svc, one.locations, one.capacity))
-        for sid, one in loaded.items()], source=SOURCE)
+        for sid, one in loaded.items()], source=SOURCE,
+        validate_each=False)  # one builder: the first is validated in full, see emit_many
 
 
 def _check_references(session: Session, bundles: list[tuple[str, Bundle]], report: Report
@@ -171,12 +172,12 @@ def _check_references(session: Session, bundles: list[tuple[str, Bundle]], repor
     org_ids = {b.organization_id for _, b in bundles} | {
         loc["organization_id"] for _, b in bundles for loc in b.locations}
     existing_orgs = set(session.execute(select(t.organization.c.id)
-                                        .where(t.organization.c.id.in_(org_ids))).scalars())
+                                        .where(t.one_of(session, t.organization.c.id, org_ids))).scalars())
     existing_orgs |= {b.organization_id for _, b in bundles if b.organization}
     loc_ids = [loc["id"] for _, b in bundles for loc in b.locations if loc["latitude"] is None]
     coords = {r.id: (r.latitude, r.longitude) for r in session.execute(
         select(t.location.c.id, t.location.c.latitude, t.location.c.longitude)
-        .where(t.location.c.id.in_(loc_ids)))}
+        .where(t.one_of(session, t.location.c.id, loc_ids)))}
     good = []
     for label, b in bundles:
         if b.organization_id not in existing_orgs:

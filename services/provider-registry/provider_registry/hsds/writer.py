@@ -9,11 +9,15 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, or_, select, update
+import psycopg
+import psycopg.sql
+from sqlalchemy import JSON, Table, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from servicekit.db import upsert
 
+from .. import search_index
 from .. import tables as t
 from ..handlers import _publish, _service_values, language_codes
 from . import taxonomy
@@ -21,10 +25,27 @@ from .mapping import Bundle
 
 
 def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues") with
-    one cached compilation, so a chunk costs a few round trips."""
-    if rows:
+    """Plain inserts of a chunk: COPY on PostgreSQL (a fraction of the CPU of an
+    executemany, same transaction), executemany elsewhere. JSON columns go through
+    SQLAlchemy, which knows how to bind them."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql" or any(
+            isinstance(c.type, JSON) for c in table.columns):
         session.execute(insert(table), rows)
+        return
+    keys = set().union(*rows)
+    columns = [c.name for c in table.columns if c.name in keys]
+    statement = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
+        psycopg.sql.Identifier(table.name),
+        psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, columns)))
+    raw = session.connection().connection.driver_connection
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
+    except psycopg.Error as exc:  # as SQLAlchemy would raise it: the importer retries alone
+        raise DBAPIError(f"COPY {table.name}", None, exc) from exc
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]],
@@ -67,9 +88,10 @@ def write_phones(session: Session, phones: list[dict[str, Any]], *, service_ids:
     for p in phones:  # service phones first, then location, then organization
         by_id.setdefault(p["id"], p)
     session.execute(delete(t.phone).where(or_(
-        t.phone.c.id.in_(list(by_id)), t.phone.c.service_id.in_(service_ids),
-        t.phone.c.location_id.in_(location_ids),
-        t.phone.c.organization_id.in_(organization_ids) & t.phone.c.service_id.is_(None)
+        t.one_of(session, t.phone.c.id, by_id),
+        t.one_of(session, t.phone.c.service_id, service_ids),
+        t.one_of(session, t.phone.c.location_id, location_ids),
+        t.one_of(session, t.phone.c.organization_id, organization_ids) & t.phone.c.service_id.is_(None)
         & t.phone.c.location_id.is_(None))))
     insert_rows(session, t.phone, list(by_id.values()))
 
@@ -83,7 +105,7 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime) -> Non
     _upsert(session, t.location, [
         {k: v for k, v in loc.items() if k not in ("addresses", "phones")}
         | {"created_at": now, "last_modified": now} for loc in locations], keep=("created_at",))
-    session.execute(delete(t.address).where(t.address.c.location_id.in_(loc_ids)))
+    session.execute(delete(t.address).where(t.one_of(session, t.address.c.location_id, loc_ids)))
     insert_rows(session, t.address, _unique([a for loc in locations for a in loc["addresses"]]))
     svc_ids = [b.service_id for b in bundles]
     _upsert(session, t.service, [
@@ -101,8 +123,9 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime) -> Non
 def _write_links(session: Session, bundles: list[Bundle], svc_ids: list[str],
                  loc_ids: list[str]) -> None:
     for table in (t.service_category, t.service_at_location, t.service_language):
-        session.execute(delete(table).where(table.c.service_id.in_(svc_ids)))
-    session.execute(delete(t.attribute).where(t.attribute.c.link_id.in_(svc_ids + loc_ids)))
+        session.execute(delete(table).where(t.one_of(session, table.c.service_id, svc_ids)))
+    session.execute(delete(t.attribute).where(
+        t.one_of(session, t.attribute.c.link_id, svc_ids + loc_ids)))
     rows: dict[Table, list[dict[str, Any]]] = {
         t.service_category: [{"service_id": b.service_id, "category": c}
                              for b in bundles for c in b.service.categories],
@@ -114,6 +137,8 @@ def _write_links(session: Session, bundles: list[Bundle], svc_ids: list[str],
     }
     for table, values in rows.items():
         insert_rows(session, table, values)
+    # the search table of these services and of every other service at these sites
+    search_index.refresh(session, service_ids=svc_ids, location_ids=loc_ids)
 
 
 def write_capacities(session: Session, capacities: dict[str, Any], now: datetime) -> None:
@@ -133,9 +158,9 @@ def republish_neighbours(session: Session, touched: dict[str, set[str]], now: da
     if not touched["org"] and not touched["loc"]:
         return 0
     ids = set(session.execute(select(t.service.c.id).where(
-        t.service.c.organization_id.in_(touched["org"]))).scalars())
+        t.one_of(session, t.service.c.organization_id, touched["org"]))).scalars())
     ids |= set(session.execute(select(t.service_at_location.c.service_id).where(
-        t.service_at_location.c.location_id.in_(touched["loc"]))).scalars())
+        t.one_of(session, t.service_at_location.c.location_id, touched["loc"]))).scalars())
     others = sorted(ids - touched["svc"])
     for service_id in others:
         session.execute(update(t.service).where(t.service.c.id == service_id)
