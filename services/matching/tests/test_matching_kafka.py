@@ -142,7 +142,9 @@ def test_two_workers_never_overfill_a_capacity_one_provider(
     assert not violations
     assert peak == 1  # sampled open offers + active cases of svc-solo, throughout
     assert set(seen) == {"w1-", "w2-"}, f"both workers handled submissions: {seen}"
-    assert sum(seen.values()) == len(referrals)
+    # handler calls, not effects: a batch rolled back (two workers racing on one place) is
+    # handled again one by one; that effects are not duplicated is asserted on the rows below
+    assert sum(seen.values()) >= len(referrals)
     assert len({(r.referral_id, r.attempt) for r in rows}) == len(rows)
     assert {r.referral_id for r in rows if r.outcome == "proposed"} == referrals
 
