@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
+from servicekit import broker
+from servicekit import kafka as kafkakit
 from servicekit.settings import SERVICE_INFO, Settings
-from servicekit.testing import Infrastructure, start_infrastructure
+from servicekit.testing import Infrastructure, start_infrastructure, stop_process
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +19,28 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
     found = start_infrastructure(tmp_path_factory.mktemp("infra"))
     yield found
     found.close()
+
+
+@pytest.fixture(scope="module")
+def stack_kafka(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The broker for one module's real-process stack.
+
+    A stack's consumer groups are new and read their topics from the beginning, so on the
+    run's shared broker they would first work through every earlier test's events (some
+    deliberately poisonous). With the local Tansu each such module gets a broker of its own;
+    an external broker (KAFKA_BOOTSTRAP_SERVERS, testcontainers) is shared as it is.
+    """
+    if infra.kafka_origin != "tansu":
+        yield infra.kafka
+        return
+    port = broker.free_port()
+    proc = broker.start_tansu(port, tmp_path_factory.mktemp("stack-broker") / "tansu.log")
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        kafkakit.wait_for_broker(bootstrap, timeout_s=30)
+        yield bootstrap
+    finally:
+        stop_process(proc)
 
 
 @pytest.fixture

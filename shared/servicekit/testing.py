@@ -81,13 +81,13 @@ def _resolve_kafka(stack: ExitStack, var_dir: Path) -> tuple[str, str, Any]:
         return container.get_bootstrap_server(), "testcontainers", None
     port = broker.free_port()
     proc = broker.start_tansu(port, var_dir / "tansu.log")
-    stack.callback(_stop, proc)
+    stack.callback(stop_process, proc)
     bootstrap = f"127.0.0.1:{port}"
     kafkakit.wait_for_broker(bootstrap, timeout_s=30)
     return bootstrap, "tansu", proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)

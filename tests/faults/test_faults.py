@@ -42,15 +42,15 @@ RESULTS: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="module")
-def rig(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+def rig(infra: Infrastructure, stack_kafka: str, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[tuple[Stack, Audit]]:
     var = tmp_path_factory.mktemp("faults")
     dbs = {service: infra.new_database(service) for service in SERVICE_MODULES}
     prepare(dbs)
-    env = base_env(var / "var", infra.kafka, dbs)
+    env = base_env(var / "var", stack_kafka, dbs)
     env.update(LOG_LEVEL="WARNING", WEB_THREADS="8")
     stack = start_stack(env, var / "logs", timeout=180)
-    audit = Audit(stack, dbs, infra.kafka)
+    audit = Audit(stack, dbs, stack_kafka)
     yield stack, audit
     audit.close()
     stack.stop_all()

@@ -49,11 +49,11 @@ def _free_pair() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(infra: Infrastructure, stack_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var = tmp_path_factory.mktemp("observability")
     dbs = {service: infra.new_database(service) for service in SERVICE_MODULES}
     prepare(dbs)
-    env = base_env(var / "var", infra.kafka, dbs)
+    env = base_env(var / "var", stack_kafka, dbs)
     env.update(LOG_LEVEL="INFO", WORKER_METRICS_PORT_OFFSET=str(OFFSET))
     for service in SERVICE_MODULES:
         env[f"{SERVICE_INFO[service][0]}_PORT"] = str(_free_pair())

@@ -37,11 +37,11 @@ UNLABELLED = """() => Array.from(document.querySelectorAll(
 
 
 @pytest.fixture(scope="module")
-def stack(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(infra: Infrastructure, stack_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var = tmp_path_factory.mktemp("console-e2e")
     dbs = {service: infra.new_database(service) for service in SERVICE_MODULES}
     prepare(dbs)
-    running = start_stack(base_env(var / "var", infra.kafka, dbs), var / "logs")
+    running = start_stack(base_env(var / "var", stack_kafka, dbs), var / "logs")
     yield running
     running.stop_all()
 
