@@ -190,13 +190,18 @@ class ConsumerRunner:
             PROCESSING.labels(self.name).observe(per_record)
             if result != "ignored" and env is not None:
                 with logs.correlation(env.correlation_id, env.id):
-                    log.info("event handled", extra=logs.log_fields(
-                        consumer=self.name, event_type=env.type, event_id=env.id,
-                        subject=env.subject, sequence=env.sequence, result=result,
-                        ms=round(per_record * 1000, 1), batch=len(chunk)))
-                if self.after_db_commit is not None:
-                    self.after_db_commit(record)
+                    self._committed(record, env, result, per_record, batch=len(chunk))
             self._pending[TopicPartition(record.topic, record.partition)] = record.offset + 1
+
+    def _committed(self, record: Any, env: events.Envelope, result: str, seconds: float,
+                   batch: int = 1) -> None:
+        """After the database commit: the ids-only log line (with the correlation id it
+        follows one referral across services) and the test hook."""
+        log.info("event handled", extra=logs.log_fields(
+            consumer=self.name, event_type=env.type, event_id=env.id, subject=env.subject,
+            sequence=env.sequence, result=result, ms=round(seconds * 1000, 1), batch=batch))
+        if self.after_db_commit is not None:
+            self.after_db_commit(record)
 
     def process(self, record: Any) -> None:
         """Handle one record; on return its offset may be committed."""
@@ -224,13 +229,7 @@ class ConsumerRunner:
                 started = time.perf_counter()
                 result = self._apply(env, handler)
                 PROCESSED.labels(self.name, result).inc()
-                # ids only: with the correlation id this follows one referral across services
-                log.info("event handled", extra=logs.log_fields(
-                    consumer=self.name, event_type=env.type, event_id=env.id,
-                    subject=env.subject, sequence=env.sequence, result=result,
-                    ms=round((time.perf_counter() - started) * 1000, 1)))
-                if self.after_db_commit is not None:
-                    self.after_db_commit(record)
+                self._committed(record, env, result, time.perf_counter() - started)
                 return
             except (PermanentError, ValidationError, events.PoisonMessage) as exc:
                 self.dead_letter(record, f"{type(exc).__name__}: {_safe(exc)}")
