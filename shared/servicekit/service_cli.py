@@ -8,6 +8,7 @@ from types import ModuleType
 import click
 
 from . import db as dbkit
+from . import failpoints
 from .runtime import run_worker, serve_api
 
 
@@ -21,11 +22,13 @@ def service_group(bootstrap: ModuleType) -> click.Group:
     @group.command(help="Serve the HTTP API under gunicorn.")
     def api() -> None:
         settings = bootstrap.load_settings()
+        failpoints.configure(settings.get("FAILPOINTS"))
         serve_api(lambda: bootstrap.create_app(settings), settings)
 
     @group.command(help="Run the Kafka consumers, the outbox relay and the timers.")
     def worker() -> None:
         settings = bootstrap.load_settings()
+        failpoints.configure(settings.get("FAILPOINTS"))
         database, spec = bootstrap.worker(settings)
         sys.exit(run_worker(settings, database, spec))
 

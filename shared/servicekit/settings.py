@@ -97,6 +97,9 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("AUTH_FAILURE_WINDOW_S", "60", "all", "sliding window of AUTH_FAILURE_LIMIT, seconds"),
     EnvVar("WORKER_METRICS_PORT_OFFSET", "100", "all",
            "a worker serves Prometheus /metrics on its service's HTTP port plus this; 0 disables"),
+    EnvVar("FAILPOINTS", "", "all",
+           "fault suite only: `name=N,...` kills the process at the Nth pass of a named point "
+           "(see servicekit.failpoints); empty in production"),
     # --- end security ---
     # --- referral-intake settings ---
     EnvVar("FIRST_CONTACT_EMERGENCY_S", "7200", "referral-intake",

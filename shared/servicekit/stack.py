@@ -25,10 +25,12 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
-    def start(self, name: str, module: str, kind: str) -> None:
+    def start(self, name: str, module: str, kind: str,
+              extra_env: dict[str, str] | None = None) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", module, kind], env=self.env,
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", module, kind],
+                                            env={**self.env, **(extra_env or {})},
                                             stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
