@@ -7,15 +7,18 @@ dies, the others are stopped and the process exits non-zero so a supervisor rest
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
+from . import failpoints
 from . import kafka as kafkakit
 from .consumer import ConsumerRunner, Handler, RunnerConfig
-from .db import Database
+from .db import Database, is_unavailable
 from .outbox import OutboxRelay
 from .settings import Settings
 
@@ -56,12 +59,20 @@ def build_components(settings: Settings, db: Database, spec: WorkerSpec
     if spec.relay:
         relay = OutboxRelay(db, producer, batch_size=settings.int("OUTBOX_BATCH_SIZE"),
                             poll_interval_s=settings.int("OUTBOX_POLL_INTERVAL_MS") / 1000)
+        if failpoints.armed():
+            relay.after_send = lambda _done: failpoints.hit("outbox.after_send")
         parts.append(("outbox-relay", relay.run))
     for c in spec.consumers:
+        handlers = c.handlers
+        if failpoints.armed():
+            handlers = {t: failpoints.wrap("consumer.before_db_commit", h)
+                        for t, h in handlers.items()}
         runner = ConsumerRunner(name=c.name, db=db,
                                 consumer=kafkakit.make_consumer(settings, c.name),
-                                producer=producer, topics=c.topics, handlers=c.handlers,
+                                producer=producer, topics=c.topics, handlers=handlers,
                                 config=runner_config(settings))
+        if failpoints.armed():
+            runner.after_db_commit = lambda _record: failpoints.hit("consumer.after_db_commit")
         parts.append((f"consumer-{c.name}", runner.run))
     for timer in spec.timers:
         parts.append((f"timer-{getattr(timer, '__name__', 'timer')}", timer))
@@ -80,12 +91,23 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
     signal.signal(signal.SIGINT, _signal)
 
     def _guard(name: str, target: Callable[[threading.Event], None]) -> None:
-        try:
-            target(stop)
-        except Exception:  # noqa: BLE001 - reported and turned into an exit code
-            log.exception("worker component died", extra={"fields": {"component": name}})
-            failed.set()
-            stop.set()
+        """Run a component; a database outage restarts it after a pause (the database
+        comes back), anything else stops the worker so its supervisor restarts it."""
+        outages = 0
+        while not stop.is_set():
+            try:
+                target(stop)
+                return
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("worker component died", extra={"fields": {"component": name}})
+                    failed.set()
+                    stop.set()
+                    return
+                outages += 1
+                log.warning("database unavailable; component restarts", exc_info=True,
+                            extra={"fields": {"component": name, "attempt": outages}})
+                stop.wait(min(5.0, 0.2 * 2 ** min(outages, 5)))
 
     metrics_server = serve_worker_metrics(settings)
     parts, producer = build_components(settings, db, spec)
@@ -138,8 +160,15 @@ def serve_api(app_factory: Callable[[], Any], settings: Settings) -> None:
             self.cfg.set("accesslog", None)
             self.cfg.set("control_socket_disable", True)
 
+            if failpoints.armed():  # a crash takes the master down too (failpoints)
+                self.cfg.set("post_fork", lambda _server, _worker: failpoints.set_supervisor(
+                    os.getppid()))
+
         def load(self) -> Any:
-            return app_factory()
+            app = app_factory()
+            if failpoints.armed():
+                failpoints.install_flask(app)
+            return app
 
     sys.argv = sys.argv[:1]
     _App().run()
