@@ -65,3 +65,46 @@ def test_failed_deliveries_and_audit_verification(console: Flask, backend: Backe
     assert deliveries.status_code == 200 and "No failed deliveries." in deliveries.text
     verified = client.post("/admin/audit/verify", data={"csrf_token": csrf})
     assert verified.status_code == 200 and "Chain intact" in verified.text
+
+
+def test_a_failed_delivery_is_listed_and_retried(console: Flask, backend: Backend) -> None:
+    """A webhook delivery that used up its attempts: the admin sees it (ids and our own
+    error text only) and queues a manual retry, which gives it a fresh attempt budget."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from sqlalchemy import create_engine, text
+
+    now = datetime.now(UTC)
+    note_id, delivery_id = str(uuid.uuid4()), str(uuid.uuid4())
+    engine = create_engine(backend.settings["notifications"].database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO notifications (id, recipient_kind, recipient_id, channel, "
+                "referral_id, short_id, event_id, kind, title, body, link, created_at) VALUES "
+                "(:id, 'org', :org, 'webhook', :rid, 'R-TEST1', :eid, 'offer_made', 't', 'b', "
+                "'/r', :now)"), {"id": note_id, "org": demo.DEMO_ORG_ID,
+                                 "rid": str(uuid.uuid4()), "eid": str(uuid.uuid4()), "now": now})
+            conn.execute(text(
+                "INSERT INTO deliveries (id, notification_id, channel, target_kind, target_id, "
+                "status, attempt, retry_base, error, last_status_code, created_at, updated_at) "
+                "VALUES (:id, :nid, 'webhook', 'webhook', 'wh-test', 'failed', 8, 0, "
+                "'target answered 503', 503, :now, :now)"),
+                {"id": delivery_id, "nid": note_id, "now": now})
+        client = console.test_client()
+        csrf = sign_in(client, ADMIN)
+        listed = client.get("/admin/deliveries").text
+        assert "target answered 503" in listed and "(HTTP 503)" in listed
+        assert f"/admin/deliveries/{delivery_id}/retry" in listed
+        retried = client.post(f"/admin/deliveries/{delivery_id}/retry",
+                              data={"csrf_token": csrf}, follow_redirects=True)
+        assert retried.status_code == 200 and "Retry queued." in retried.text
+        assert f"/admin/deliveries/{delivery_id}/retry" not in retried.text
+        with engine.connect() as conn:
+            status, base = conn.execute(text(
+                "SELECT status, retry_base FROM deliveries WHERE id = :id"),
+                {"id": delivery_id}).one()
+        assert (status, base) == ("pending", 8)
+    finally:
+        engine.dispose()

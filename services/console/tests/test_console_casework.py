@@ -90,3 +90,25 @@ def test_break_glass_needs_a_reason_and_shows_the_details_once(console: Flask,
                                    "reason": "resident asked for a call back today"})
     assert opened.status_code == 200 and "Wilhelmina" in opened.text
     assert "Wilhelmina" not in supervisor.get(f"/supervisor/referrals/{referral_id}").text
+
+
+def test_supervisor_reroute_withdraws_the_open_offer(console: Flask, backend: Backend) -> None:
+    officer = console.test_client()
+    sign_in(officer, OFFICER)
+    referral_id = _submit(officer, "Esperanza")
+    supervisor = console.test_client()
+    csrf = sign_in(supervisor, SUPERVISOR)
+    _assign(supervisor, csrf, referral_id)
+    provider = console.test_client()
+    sign_in(provider, PROVIDER)
+    assert referral_id in provider.get("/provider/inbox/offers").text
+
+    resp = supervisor.post(f"/supervisor/referrals/{referral_id}/reroute",
+                           data={"csrf_token": csrf})
+    assert resp.status_code == 303, resp.text
+    detail = supervisor.get(resp.headers["Location"]).text
+    assert "Done: reroute" in detail and 'data-status="submitted"' in detail
+    assert referral_id not in provider.get("/provider/inbox/offers").text
+    # without a CSRF token nothing happens
+    again = supervisor.post(f"/supervisor/referrals/{referral_id}/reroute", data={})
+    assert again.status_code in (400, 403)
