@@ -91,15 +91,18 @@ def run_worker(settings: Settings, db: Database, spec: WorkerSpec) -> int:
     signal.signal(signal.SIGINT, _signal)
 
     def _guard(name: str, target: Callable[[threading.Event], None]) -> None:
-        """Run a component; a database outage restarts it after a pause (the database
-        comes back), anything else stops the worker so its supervisor restarts it."""
+        """Run a component. A timer stopped by a database outage starts again after a
+        pause (its next round re-reads the database); anything else stops the worker so
+        its supervisor restarts it. (Consumers wait out an outage on the message in hand:
+        restarting one here would resume from its fetch position, past unhandled records.
+        The relay retries its own rounds.)"""
         outages = 0
         while not stop.is_set():
             try:
                 target(stop)
                 return
             except Exception as exc:
-                if not is_unavailable(exc):
+                if not (name.startswith("timer-") and is_unavailable(exc)):
                     log.exception("worker component died", extra={"fields": {"component": name}})
                     failed.set()
                     stop.set()
