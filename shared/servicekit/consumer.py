@@ -2,6 +2,9 @@
 
 For each record: decode and upcast the envelope, then in ONE database transaction claim the
 event in the inbox and run the handler; commit the transaction; only then commit the offset.
+Consecutive records of a poll share that transaction (up to ``batch_size``): their events are
+claimed together (``inbox.claim_many``) and a handler offering ``handle_many`` (see
+:class:`BatchHandler`) takes each run of its consecutive events at once.
 A failure is retried with backoff a bounded number of times and then dead-lettered with the
 error and the original topic/partition/offset in headers; undecodable records and unknown
 major versions are dead-lettered at once. If dead-letters come faster than
@@ -17,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -32,6 +35,22 @@ from .db import Database
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, events.Envelope], None]
+
+
+class BatchHandler(Protocol):
+    """A handler that can also take several events at once (optional; duck-typed).
+
+    In a batch the runner passes ``handle_many`` each run of consecutive claimed events
+    that this handler handles (an event of another handler in between ends a run, so
+    effects keep the events' order); ``handle_many(session, envs)`` must leave what
+    ``handler(session, env)`` for each event in turn would. Alone, or when a batch is
+    retried one record at a time, an event goes through ``__call__``.
+    """
+
+    def __call__(self, session: Session, env: events.Envelope) -> None: ...
+
+    def handle_many(self, session: Session, envs: list[events.Envelope]) -> None: ...
+
 
 PROCESSED = Counter("consumer_messages_total", "Messages handled by consumers",
                     ["consumer", "result"])
@@ -164,19 +183,9 @@ class ConsumerRunner:
                 self.process(record)
             return
         started = time.perf_counter()
-        results: list[str] = []
         try:
             with self.db.uow() as uow:
-                for _record, env, handler in chunk:
-                    if handler is None or env is None:
-                        results.append("ignored")
-                        continue
-                    with logs.correlation(env.correlation_id, env.id):
-                        if inbox.claim(uow.session, self.name, env):
-                            handler(uow.session, env)
-                            results.append("ok")
-                        else:
-                            results.append("duplicate")
+                results = self._handle_chunk(uow.session, chunk)
                 uow.commit()
         except Exception:
             log.info("batch rolled back; handling its records one at a time",
@@ -185,13 +194,39 @@ class ConsumerRunner:
                 self.process(record)
             return
         per_record = (time.perf_counter() - started) / len(chunk)
+        processed = {r: PROCESSED.labels(self.name, r) for r in set(results)}
+        timing = PROCESSING.labels(self.name)
         for (record, env, _handler), result in zip(chunk, results, strict=True):
-            PROCESSED.labels(self.name, result).inc()
-            PROCESSING.labels(self.name).observe(per_record)
+            processed[result].inc()
+            timing.observe(per_record)
             if result != "ignored" and env is not None:
                 with logs.correlation(env.correlation_id, env.id):
                     self._committed(record, env, result, per_record, batch=len(chunk))
             self._pending[TopicPartition(record.topic, record.partition)] = record.offset + 1
+
+    def _handle_chunk(self, session: Session,
+                      chunk: list[tuple[Any, events.Envelope | None, Handler | None]]
+                      ) -> list[str]:
+        """Claim a chunk's events in one go (``inbox.claim_many``), then run the handlers of
+        the claimed ones in order. Consecutive claimed events of one handler form a run; a
+        handler with ``handle_many`` gets a run of several at once, others one at a time."""
+        results = ["ignored"] * len(chunk)
+        wanted = [(i, env) for i, (_record, env, handler) in enumerate(chunk)
+                  if handler is not None and env is not None]
+        claimed = inbox.claim_many(session, self.name, [env for _i, env in wanted])
+        run: list[events.Envelope] = []
+        run_handler: Handler | None = None
+        for (i, env), ok in zip(wanted, claimed, strict=True):
+            results[i] = "ok" if ok else "duplicate"
+            handler = chunk[i][2]
+            if not ok:
+                continue
+            if handler is not run_handler:
+                _run(session, run_handler, run)
+                run, run_handler = [], handler
+            run.append(env)
+        _run(session, run_handler, run)
+        return results
 
     def _committed(self, record: Any, env: events.Envelope, result: str, seconds: float,
                    batch: int = 1) -> None:
@@ -284,6 +319,17 @@ class ConsumerRunner:
         self.consumer.commit(offsets)
         for tp in offsets:
             self._pending.pop(tp, None)
+
+
+def _run(session: Session, handler: Handler | None, envs: list[events.Envelope]) -> None:
+    many = getattr(handler, "handle_many", None)
+    if many is not None and len(envs) > 1:
+        many(session, envs)  # ids of the run's events are in the after-commit log lines
+        return
+    for env in envs:
+        assert handler is not None
+        with logs.correlation(env.correlation_id, env.id):
+            handler(session, env)
 
 
 def _safe(exc: Exception) -> str:

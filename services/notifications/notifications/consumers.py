@@ -1,8 +1,6 @@
 """Kafka: map incoming events to notifications handlers."""
 from __future__ import annotations
 
-from functools import partial
-
 from servicekit import events
 from servicekit.runtime import ConsumerSpec
 
@@ -10,7 +8,7 @@ from . import handlers
 
 
 def consumer_specs(options: handlers.Options = handlers.DEFAULT_OPTIONS) -> list[ConsumerSpec]:
-    on_referral_event = partial(handlers.on_referral_event, options=options)
+    on_referral_event = handlers.ReferralEvents(options)  # takes runs of events at once
     return [ConsumerSpec(
         name="notifications",
         topics=[events.REFERRAL_EVENTS, events.PROVIDER_EVENTS],
