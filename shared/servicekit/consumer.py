@@ -30,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.orm import Session
 
 from . import events, inbox, logs
-from .db import Database
+from .db import Database, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,10 @@ class ConsumerRunner:
         self._dlq_times: deque[float] = deque()
         # Test hook: called after the database commit and before the offset commit.
         self.after_db_commit: Callable[[Any], None] | None = None
+        self._stop: threading.Event | None = None
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
         next_lag = 0.0
         try:
@@ -259,7 +261,11 @@ class ConsumerRunner:
         self._pending[tp] = record.offset + 1
 
     def _handle_with_retries(self, record: Any, env: events.Envelope, handler: Handler) -> None:
-        for attempt in range(1, self.config.max_retries + 1):
+        """Bounded retries, then the dead-letter topic, for failures of the message; an
+        unreachable database is no fault of the message: wait for it, however long (the
+        offset stays uncommitted, so a stop meanwhile means redelivery, not loss)."""
+        attempt = outages = 0
+        while True:
             try:
                 started = time.perf_counter()
                 result = self._apply(env, handler)
@@ -270,9 +276,20 @@ class ConsumerRunner:
                 self.dead_letter(record, f"{type(exc).__name__}: {_safe(exc)}")
                 return
             except Exception as exc:
+                if is_unavailable(exc):
+                    if self._stop is not None and self._stop.is_set():
+                        raise
+                    outages += 1
+                    log.warning("database unavailable; waiting", exc_info=outages == 1,
+                                extra=logs.log_fields(consumer=self.name, event_id=env.id,
+                                                      attempt=outages))
+                    time.sleep(min(self.config.max_backoff_s,
+                                   self.config.backoff_s * 2 ** min(outages, 6)))
+                    continue
+                attempt += 1
                 log.warning("handler failed", exc_info=True, extra=logs.log_fields(
                     consumer=self.name, event_type=env.type, event_id=env.id, attempt=attempt))
-                if attempt == self.config.max_retries:
+                if attempt >= self.config.max_retries:
                     self.dead_letter(record, f"{type(exc).__name__} after {attempt} attempts")
                     return
                 time.sleep(min(self.config.max_backoff_s,

@@ -74,14 +74,31 @@ def hit(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def wrap(name: str, func: F) -> F:
-    """``func`` passing ``name`` after it returns (inside the caller's transaction)."""
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = func(*args, **kwargs)
-        hit(name)
+class _Wrapped:
+    """A consumer handler passing a point after each call (inside the caller's
+    transaction); a batch handler's ``handle_many`` passes it once per event, so an armed
+    count means the same number of events either way."""
+
+    def __init__(self, name: str, func: Callable[..., Any]):
+        self.name, self.func = name, func
+        many = getattr(func, "handle_many", None)
+        if many is not None:
+            def handle_many(session: Any, envs: list[Any]) -> None:
+                many(session, envs)
+                for _ in envs:
+                    hit(self.name)
+
+            self.handle_many = handle_many
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.func(*args, **kwargs)
+        hit(self.name)
         return result
 
-    return wrapped  # type: ignore[return-value]
+
+def wrap(name: str, func: F) -> F:
+    """``func`` passing ``name`` after it returns (inside the caller's transaction)."""
+    return _Wrapped(name, func)  # type: ignore[return-value]
 
 
 def install_flask(app: Any) -> None:

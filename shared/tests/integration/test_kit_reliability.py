@@ -192,6 +192,32 @@ def test_failing_handler_is_retried_then_dead_lettered(db: Database, settings: S
     assert _count(db, bad) == 0
 
 
+def test_unreachable_database_is_waited_for_not_dead_lettered(
+        db: Database, settings: Settings, infra: Infrastructure) -> None:
+    """Five times as many connection failures as the retry budget: the event waits for the
+    database instead of going to the dead-letter topic, and has its effect once."""
+    from sqlalchemy.exc import OperationalError
+
+    rid = str(uuid.uuid4())
+    _produce_raw(infra, rid, events.encode(events.new_event(
+        events.REFERRAL_ERASED, subject=rid, sequence=1, data=_erased(rid), source="test")))
+    outages = {"left": 10}
+    runner = _runner(db, settings, f"outage-{uuid.uuid4().hex[:6]}", [])
+    real = runner.handlers[events.REFERRAL_ERASED]
+
+    def flaky(session: Session, env: events.Envelope) -> None:
+        if env.subject == rid and outages["left"] > 0:
+            outages["left"] -= 1
+            raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+        real(session, env)
+
+    runner.handlers[events.REFERRAL_ERASED] = flaky
+    _run_until(runner, lambda: _count(db, rid) == 1)
+    assert outages["left"] == 0
+    assert not [r for r in iter_topic(infra.kafka, events.dlq_topic(events.REFERRAL_EVENTS),
+                                      timeout_s=1) if r.key == rid.encode()]
+
+
 def test_consumer_killed_between_db_commit_and_offset_commit_has_one_effect(
         db: Database, settings: Settings, infra: Infrastructure) -> None:
     referral = str(uuid.uuid4())

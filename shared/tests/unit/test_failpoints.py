@@ -54,3 +54,21 @@ def test_wrap_passes_the_point_after_the_call_returns() -> None:
     failpoints.configure("")
     wrapped = failpoints.wrap("consumer.before_db_commit", lambda x: calls.append(x) or x)
     assert wrapped("a") == "a" and calls == ["a"]
+
+
+def test_wrap_keeps_a_batch_handler_batched() -> None:
+    seen: list[list[str]] = []
+
+    class Batch:
+        def __call__(self, session: object, env: str) -> None:
+            seen.append([env])
+
+        def handle_many(self, session: object, envs: list[str]) -> None:
+            seen.append(list(envs))
+
+    failpoints.configure("")
+    wrapped = failpoints.wrap("consumer.before_db_commit", Batch())
+    wrapped.handle_many(None, ["a", "b"])
+    wrapped(None, "c")
+    assert seen == [["a", "b"], ["c"]]
+    assert not hasattr(failpoints.wrap("x", lambda s, e: None), "handle_many")
