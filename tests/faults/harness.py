@@ -110,7 +110,8 @@ class Audit:
 
     def __init__(self, stack: Stack, dbs: dict[str, str], kafka: str):
         self.stack, self.kafka = stack, kafka
-        self.engines = {s: create_engine(url, pool_size=1) for s, url in dbs.items()}
+        self.engines = {s: create_engine(url, pool_size=1, pool_pre_ping=True)
+                        for s, url in dbs.items()}
 
     def close(self) -> None:
         for engine in self.engines.values():

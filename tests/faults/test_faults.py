@@ -23,14 +23,16 @@ from typing import Any
 import pytest
 import requests
 from kafka import KafkaProducer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from servicekit import events
 from servicekit.provisioning import prepare
 from servicekit.settings import SERVICE_MODULES
 from servicekit.stack import Stack, base_env, start_stack
-from servicekit.testing import Infrastructure, wait_for
+from servicekit.testing import Infrastructure, sqlalchemy_url, wait_for
 
-from .harness import Audit, Load, during, submit
+from .harness import Audit, Load, during, officer_headers, submit
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -58,7 +60,7 @@ def rig(infra: Infrastructure, stack_kafka: str, tmp_path_factory: pytest.TempPa
 
 COLUMNS = ["fault", "acked", "exactly one outcome", "missing", "several", "offer notes != 1",
            "duplicates", "client retries", "replayed", "settle s", "seq violations",
-           "dead letters"]
+           "crashes", "dead letters"]
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
@@ -212,3 +214,146 @@ def test_kill_api_mid_request_client_retries_with_same_key(rig: tuple[Stack, Aud
         during(load, 300, kill_api), during(load, 650, kill_api)])
     # replays are the commits whose response was lost; counted, not required (timing)
     assert row["replayed"] >= 0
+
+
+# --- crashes at exact points (servicekit.failpoints), not wherever a SIGKILL lands ---
+
+def _crash_at(stack: Stack, name: str, point: str, nth: int, crashes: list[str]
+              ) -> Callable[[], None]:
+    """Restart ``name`` armed to die at the ``nth`` pass of ``point``; once it has died
+    there (SIGKILL by itself, logged), start it again unarmed, as a supervisor would."""
+    def act() -> None:
+        module, kind = _module_kind(name)
+        stack.stop(name)
+        stack.start(name, module, kind, extra_env={"FAILPOINTS": f"{point}={nth}"})
+        proc = stack.procs[name]
+        wait_for(lambda: proc.poll() is not None, timeout=120, interval=0.05,
+                 message=f"{name} never reached {point}")
+        stack.procs.pop(name)
+        assert proc.returncode == -signal.SIGKILL, (name, proc.returncode)
+        log = (stack.log_dir / f"{name}.log").read_text(errors="replace")
+        assert f'"failpoint": "{point}"' in log, f"{name} died, but not at {point}"
+        crashes.append(f"{name}@{point}")
+        stack.start(name, module, kind)
+        if kind == "api":
+            _healthy(stack, name.rsplit("-", 1)[0])
+
+    return act
+
+
+def test_kill_api_after_commit_before_response(rig: tuple[Stack, Audit]) -> None:
+    """The issue's first fault, hit by construction: the referral is committed, the
+    response never leaves; the client's retry with the same key must get the original."""
+    stack, audit = rig
+    crashes: list[str] = []
+    api = "referral-intake-api"
+    row = run_fault(stack, audit, "api dies after commit, before response", lambda load: [
+        during(load, 200, _crash_at(stack, api, "api.before_response", 25, crashes)),
+        during(load, 600, _crash_at(stack, api, "api.before_response", 25, crashes))])
+    row["crashes"] = len(crashes)
+    assert len(crashes) == 2, crashes
+    # each crash lost the response of a committed referral: its retry is a replay
+    assert row["replayed"] >= len(crashes), row
+
+
+def test_kill_relay_after_send_before_mark(rig: tuple[Stack, Audit]) -> None:
+    """Published but not marked sent: the rows go out again; consumers' inboxes absorb it."""
+    stack, audit = rig
+    crashes: list[str] = []
+    row = run_fault(stack, audit, "relay dies after send, before mark", lambda load: [
+        during(load, 150, _crash_at(stack, "referral-intake-worker", "outbox.after_send", 20,
+                                    crashes)),
+        # matching publishes a whole consumer batch's decisions per relay round: fewer rounds
+        during(load, 450, _crash_at(stack, "matching-worker", "outbox.after_send", 3,
+                                    crashes))])
+    row["crashes"] = len(crashes)
+    assert len(crashes) == 2, crashes
+
+
+@pytest.mark.parametrize("point", ["consumer.before_db_commit", "consumer.after_db_commit"])
+def test_kill_consumers_around_their_db_commit(rig: tuple[Stack, Audit], point: str) -> None:
+    """Before the commit the batch rolls back and is redelivered; after it, the offsets were
+    not committed and the redelivered events find themselves in the inbox."""
+    stack, audit = rig
+    crashes: list[str] = []
+    row = run_fault(stack, audit, f"consumers die {point.split('.')[1].replace('_', ' ')}",
+                    lambda load: [
+        during(load, 100, _crash_at(stack, "matching-worker", point, 40, crashes)),
+        during(load, 300, _crash_at(stack, "notifications-worker", point, 40, crashes)),
+        during(load, 500, _crash_at(stack, "referral-intake-worker", point, 40, crashes))])
+    row["crashes"] = len(crashes)
+    assert len(crashes) == 3, crashes
+
+
+def _postgres_outage(infra: Infrastructure, database_urls: list[str], seconds: float
+                     ) -> Callable[[], None]:
+    """Every connection of the stack's databases is killed mid-transaction and new ones are
+    refused for ``seconds``, then the databases come back. From the services this is a
+    PostgreSQL restart; other users of the same server (other tests) are not disturbed."""
+    names = [make_url(u).database for u in database_urls]
+
+    def act() -> None:
+        engine = create_engine(sqlalchemy_url(infra.pg_admin_url), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                for name in names:
+                    conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                killed = conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = ANY(:names) AND pid <> pg_backend_pid()"),
+                    {"names": names}).scalar_one()
+                assert killed > 0, "the outage found no connection to kill"
+                time.sleep(seconds)
+                for name in names:
+                    conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        finally:
+            engine.dispose()
+
+    return act
+
+
+def test_postgres_goes_away_during_writes(rig: tuple[Stack, Audit], infra: Infrastructure
+                                          ) -> None:
+    stack, audit = rig
+    urls = [str(e.url) for e in audit.engines.values()]
+    run_fault(stack, audit, "PostgreSQL down 5 s (twice)", lambda load: [
+        during(load, 250, _postgres_outage(infra, urls, 5)),
+        during(load, 650, _postgres_outage(infra, urls, 5))])
+
+
+def test_consent_revoked_while_offers_are_in_flight(rig: tuple[Stack, Audit]) -> None:
+    """Residents withdraw sharing and referrer updates while their referrals are being
+    routed: every open offer made before the change is withdrawn, and the officer keeps no
+    notification about those referrals, whatever arrived before or after the change."""
+    stack, audit = rig
+    revoked: list[str] = []
+    headers = officer_headers(stack)
+    body = {"share_with_provider": False, "referrer_updates": "none", "contact_methods": [],
+            "obtained_via": "verbal"}
+
+    def revoke(load: Load) -> Callable[[], None]:
+        def act() -> None:
+            with requests.Session() as http:
+                for rid in list(load.acked.values())[-150:]:
+                    url = f"{stack.urls['referral-intake']}/v1/referrals/{rid}/consent"
+                    resp = http.put(url, json=body, headers=headers, timeout=10)
+                    assert resp.status_code == 200, (resp.status_code, resp.text[:300])
+                    revoked.append(rid)
+        return act
+
+    row = run_fault(stack, audit, "consent revoked in flight", lambda load: [
+        during(load, 300, revoke(load)), during(load, 700, revoke(load))])
+    ids = sorted(set(revoked))
+    still_open = audit.rows("referral-intake", """
+        SELECT count(*) FROM offers o JOIN (
+            SELECT referral_id, max(captured_at) AS at FROM consents
+            WHERE NOT share_with_provider GROUP BY referral_id) c USING (referral_id)
+        WHERE o.status = 'open' AND o.created_at < c.at AND o.referral_id = ANY(:ids)""",
+        ids=ids)[0][0]
+    officer_notes = audit.rows("notifications", """
+        SELECT count(*) FROM notifications WHERE recipient_kind = 'user'
+        AND referral_id = ANY(:ids)""", ids=ids)[0][0]
+    row.update({"revoked": len(ids), "open offers from before": still_open,
+                "officer notes kept": officer_notes})
+    assert len(ids) == 300, len(ids)
+    assert still_open == 0 and officer_notes == 0, row
