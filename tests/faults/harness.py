@@ -224,3 +224,8 @@ class Audit:
                     headers = dict(record.headers or [])
                     per_group[headers.get("dlq.consumer_group", b"?").decode()] += 1
         return dict(per_group)
+
+    def dead_letter_total(self) -> int:
+        """Every dead letter on every dead-letter topic."""
+        return sum(1 for topic in events.ALL_TOPICS
+                   for _ in iter_topic(self.kafka, events.dlq_topic(topic), timeout_s=2))
