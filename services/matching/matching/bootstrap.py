@@ -13,6 +13,7 @@ from servicekit.settings import Settings
 
 from . import api, consumers, directory, domain
 from .decide import Policy
+from .index import DirectoryIndex
 from .tables import metadata
 
 SERVICE = "matching"
@@ -23,8 +24,9 @@ def load_settings() -> Settings:
     return Settings.from_env(SERVICE)
 
 
-def policy_from(settings: Settings) -> Policy:
-    """Scoring weights and retry batch from the ``MATCHING_*`` settings (validated)."""
+def policy_from(settings: Settings, *, in_memory: bool = False) -> Policy:
+    """Scoring weights and retry batch from the ``MATCHING_*`` settings (validated);
+    ``in_memory``: decide from an in-memory directory index (the worker's)."""
     def number(name: str) -> float:
         return float(settings.get(f"MATCHING_{name}"))
 
@@ -35,7 +37,8 @@ def policy_from(settings: Settings) -> Policy:
         distance_scale_km=number("DISTANCE_SCALE_KM"),
         response_scale_h=number("RESPONSE_SCALE_H"))
     return Policy(weights=weights, retry_batch=settings.int("MATCHING_RETRY_BATCH"),
-                  cache=directory.CandidateCache())
+                  cache=directory.CandidateCache(),
+                  index=DirectoryIndex() if in_memory else None)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -51,5 +54,5 @@ def worker(settings: Settings | None = None) -> tuple[Database, WorkerSpec]:
     settings = settings or load_settings()
     logs.configure(SERVICE, settings.get("LOG_LEVEL"))
     db = Database(settings.database_url, metadata)
-    return db, WorkerSpec(consumers=consumers.consumer_specs(policy_from(settings)),
-                          relay=True)
+    policy = policy_from(settings, in_memory=True)
+    return db, WorkerSpec(consumers=consumers.consumer_specs(policy), relay=True)

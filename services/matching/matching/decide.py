@@ -12,13 +12,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from servicekit import events, logs, outbox
 
 from . import directory, domain, tables
+from .index import DirectoryIndex
 from .tables import decisions, referral_view
 
 SOURCE = "matching"
@@ -32,20 +35,28 @@ class Policy:
     weights: domain.Weights = domain.DEFAULT_WEIGHTS
     retry_batch: int = 50  # unmatched referrals looked at per freed place or new service
     cache: directory.CandidateCache | None = None  # parsed snapshots (None: parse each time)
+    # the worker's in-memory directory (None: candidates from the database index)
+    index: DirectoryIndex | None = None
 
 
 DEFAULT_POLICY = Policy()
 
 
 def route(session: Session, referral_id: str, now: datetime, policy: Policy = DEFAULT_POLICY,
-          *, only_if_placeable: bool = False, retry: bool = False) -> domain.Decision | None:
+          *, only_if_placeable: bool = False, retry: bool = False,
+          inserted: Any = None, deferred: list[Recorded] | None = None
+          ) -> domain.Decision | None:
     """Decide for a routable referral, reserve the chosen place, record and emit it.
 
     ``only_if_placeable``: record nothing when nobody fits (a retry of an unmatched
     referral must not repeat the exhaustion already reported). ``retry``: skip the referral
-    when another transaction holds it (that one is deciding already).
+    when another transaction holds it (that one is deciding already). ``inserted``: the
+    ``referral_view`` row this transaction has just inserted (so it holds its lock and
+    knows it: not read again). ``deferred``: append what to record there instead of
+    recording it now (``record_many`` writes a run's decisions together).
     """
-    ref = tables.referral(session, referral_id, lock=True, skip_locked=retry)
+    ref = inserted if inserted is not None else tables.referral(
+        session, referral_id, lock=True, skip_locked=retry)
     if retry and (ref is None or ref.status != "unmatched"):
         return None  # answered meanwhile, or a retry's proposal still awaits its answer
     if ref is None or ref.geohash is None:
@@ -53,13 +64,22 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
             log.warning("referral cannot be routed: facts missing or erased",
                         extra=logs.log_fields(referral_id=referral_id))
         return None
-    referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
-    candidates, pre = directory.candidates_for(session, ref.need, ref.geohash, policy.cache,
-                                             (ref.lat, ref.lon))
+    if policy.index is not None:
+        found = policy.index.lookup(session, ref.need, ref.geohash, (ref.lat, ref.lon),
+                                    referral_id=referral_id)
+        referral = tables.to_referral(ref, found.tried)
+        candidates, pre = found.candidates, found.pre
+    else:
+        referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
+        candidates, pre = directory.candidates_for(session, ref.need, ref.geohash,
+                                                   policy.cache, (ref.lat, ref.lon))
     decision = decide_and_reserve(session, referral, candidates, pre, now, policy.weights)
     if only_if_placeable and decision.best is None:
         return None
-    record(session, referral_id, ref.attempt + 1, decision, now)
+    if deferred is not None:
+        deferred.append(Recorded(referral_id, ref.attempt + 1, decision, now))
+    else:
+        record(session, referral_id, ref.attempt + 1, decision, now)
     return decision
 
 
@@ -85,41 +105,116 @@ def decide_and_reserve(session: Session, referral: domain.Referral,
         pool = [domain.as_full(c) if c.service_id == chosen.service_id else c for c in pool]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A decision made and not yet written (see ``route``'s ``deferred``)."""
+
+    referral_id: str
+    attempt: int
+    decision: domain.Decision
+    now: datetime
+
+
+def _event_data(r: Recorded) -> tuple[str, dict[str, Any], list[dict[str, str]]]:
+    """The event type and data of a decision, and its reasons as stored."""
+    decision, best = r.decision, r.decision.best
+    reasons = [{"code": x.code, "text": x.text} for x in decision.reasons]
+    eliminated = dict(decision.eliminated)
+    if best is None:
+        return events.ROUTING_EXHAUSTED, {
+            "referral_id": r.referral_id, "attempt": r.attempt, "eliminated": eliminated,
+            "reasons": reasons, "candidates_considered": decision.considered,
+            "occurred_at": r.now}, reasons
+    return events.ROUTING_PROPOSED, {
+        "referral_id": r.referral_id, "attempt": r.attempt,
+        "service_id": best.candidate.service_id,
+        "organization_id": best.candidate.organization_id, "score": best.score,
+        "reasons": reasons, "eliminated": eliminated, "proposed_at": r.now}, reasons
+
+
+def _row_params(r: Recorded, reasons: list[dict[str, str]], event_id: str) -> dict[str, Any]:
+    decision, best = r.decision, r.decision.best
+    chosen = None if best is None else best.candidate
+    # "proposed": awaiting referral-intake's answer, which sets the real status; until then
+    # no retry may propose this referral a second time
+    return {"d_id": str(uuid.uuid4()), "d_referral": r.referral_id, "d_attempt": r.attempt,
+            "d_outcome": decision.outcome, "d_service": chosen and chosen.service_id,
+            "d_organization": chosen and chosen.organization_id,
+            "d_score": None if best is None else best.score, "d_reasons": reasons,
+            "d_eliminated": dict(decision.eliminated), "d_candidates": decision.considered,
+            "d_created": r.now, "d_event": event_id, "r_referral": r.referral_id,
+            "r_attempt": r.attempt, "r_updated": r.now, "r_status": "proposed"}
+
+
+def _logged(r: Recorded) -> None:
+    chosen = r.decision.best
+    log.info("routing decision", extra=logs.log_fields(
+        referral_id=r.referral_id, attempt=r.attempt, outcome=r.decision.outcome,
+        service_id=chosen and chosen.candidate.service_id))
+
+
 def record(session: Session, referral_id: str, attempt: int, decision: domain.Decision,
            now: datetime) -> None:
     """Emit the decision through the outbox and keep it, with its reasons, for supervisors."""
-    reasons = [{"code": r.code, "text": r.text} for r in decision.reasons]
-    eliminated = dict(decision.eliminated)
-    best = decision.best
-    if best is None:
-        env = outbox.emit(session, events.ROUTING_EXHAUSTED, subject=referral_id, source=SOURCE,
-                          data={"referral_id": referral_id, "attempt": attempt,
-                                "eliminated": eliminated, "reasons": reasons,
-                                "candidates_considered": decision.considered,
-                                "occurred_at": now})
-    else:
-        env = outbox.emit(session, events.ROUTING_PROPOSED, subject=referral_id, source=SOURCE,
-                          data={"referral_id": referral_id, "attempt": attempt,
-                                "service_id": best.candidate.service_id,
-                                "organization_id": best.candidate.organization_id,
-                                "score": best.score,
-                                "reasons": reasons, "eliminated": eliminated,
-                                "proposed_at": now})
-    chosen = None if best is None else best.candidate
-    session.execute(decisions.insert().values(
-        id=str(uuid.uuid4()), referral_id=referral_id, attempt=attempt,
-        outcome=decision.outcome, service_id=chosen and chosen.service_id,
-        organization_id=chosen and chosen.organization_id,
-        score=None if best is None else best.score, reasons=reasons, eliminated=eliminated,
-        candidates=decision.considered, created_at=now, event_id=env.id))
-    # "proposed": awaiting referral-intake's answer, which sets the real status; until then
-    # no retry may propose this referral a second time
-    status = {} if best is None else {"status": "proposed"}
-    session.execute(update(referral_view).where(referral_view.c.referral_id == referral_id)
-                    .values(attempt=attempt, updated_at=now, **status))
-    log.info("routing decision", extra=logs.log_fields(
-        referral_id=referral_id, attempt=attempt, outcome=decision.outcome,
-        service_id=chosen and chosen.service_id))
+    r = Recorded(referral_id, attempt, decision, now)
+    event_type, data, reasons = _event_data(r)
+    env = outbox.emit(session, event_type, subject=referral_id, source=SOURCE, data=data)
+    conn = session.connection()
+    params = _row_params(r, reasons, env.id)
+    for stmt in _record_statements(session.get_bind().dialect.name, decision.best is not None):
+        conn.execute(stmt, params)
+    _logged(r)
+
+
+def record_many(session: Session, made: list[Recorded]) -> None:
+    """``record`` for several decisions of distinct referrals at once: their events in two
+    statements per event type (``outbox.emit_many``: the first validated in full, the rest
+    built the same way), their rows and referral updates in one executemany each."""
+    if len({r.referral_id for r in made}) != len(made):
+        raise ValueError("record_many takes one decision per referral")
+    sqlite = session.get_bind().dialect.name != "postgresql"
+    conn = session.connection()
+    for proposed in (True, False):
+        mine = [r for r in made if (r.decision.best is not None) is proposed]
+        if not mine:
+            continue
+        built = [_event_data(r) for r in mine]
+        envs = outbox.emit_many(session, built[0][0], [(r.referral_id, data) for r, (
+            _type, data, _reasons) in zip(mine, built, strict=True)], source=SOURCE,
+            validate_each=False)
+        params = [_row_params(r, reasons, env.id) for r, (_t, _d, reasons), env
+                  in zip(mine, built, envs, strict=True)]
+        insert, follow = _record_statements("sqlite" if sqlite else "many", proposed)
+        conn.execute(insert, params)
+        conn.execute(follow, params)
+    for r in made:
+        _logged(r)
+
+
+@lru_cache(maxsize=8)
+def _record_statements(dialect: str, proposed: bool) -> tuple[Any, ...]:
+    """The decision row and the referral's attempt (and ``proposed`` status): built once;
+    on PostgreSQL one statement (the insert as a data-modifying CTE of the update)."""
+    d = decisions.c
+    insert = decisions.insert().values({
+        d.id: bindparam("d_id"), d.referral_id: bindparam("d_referral"),
+        d.attempt: bindparam("d_attempt"), d.outcome: bindparam("d_outcome"),
+        d.service_id: bindparam("d_service"), d.organization_id: bindparam("d_organization"),
+        d.score: bindparam("d_score", type_=d.score.type),
+        d.reasons: bindparam("d_reasons", type_=d.reasons.type),
+        d.eliminated: bindparam("d_eliminated", type_=d.eliminated.type),
+        d.candidates: bindparam("d_candidates"),
+        d.created_at: bindparam("d_created", type_=d.created_at.type),
+        d.event_id: bindparam("d_event")})
+    values = {"attempt": bindparam("r_attempt"),
+              "updated_at": bindparam("r_updated", type_=referral_view.c.updated_at.type)}
+    if proposed:
+        values["status"] = bindparam("r_status")
+    follow = (update(referral_view).where(referral_view.c.referral_id == bindparam("r_referral"))
+              .values(**values))
+    if dialect == "postgresql":  # one row: one statement
+        return (follow.add_cte(insert.cte("new_decision")),)
+    return insert, follow  # or many rows: two executemany
 
 
 def retry_unmatched(session: Session, categories: list[str], now: datetime, policy: Policy,

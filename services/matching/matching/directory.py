@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Float, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Float, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from servicekit import geo
@@ -55,10 +55,31 @@ def _shift_counts(session: Session, deltas: dict[str, int]) -> None:
                         .values(services=registry_counts.c.services + delta))
 
 
+# the change log the workers' in-memory indexes follow (``index.py``): one row per service,
+# naming the transaction that changed it last (a tombstone stays after a removal)
+_NOTE_CHANGE = {
+    "postgresql": ("INSERT INTO directory_changes (service_id, xact) "
+                   "VALUES (:sid, pg_current_xact_id()::text::bigint) "
+                   "ON CONFLICT (service_id) DO UPDATE SET xact = excluded.xact"),
+    # SQLite has one writer at a time: a counter taken under the write lock is committed
+    # in the order it is taken
+    "sqlite": ("INSERT INTO directory_changes (service_id, xact) "
+               "VALUES (:sid, (SELECT COALESCE(MAX(xact), 0) + 1 FROM directory_changes)) "
+               "ON CONFLICT (service_id) DO UPDATE SET xact = excluded.xact"),
+}
+
+
+def note_change(session: Session, service_id: str) -> None:
+    """Log that this transaction changed (stored or removed) ``service_id``."""
+    sql = _NOTE_CHANGE[session.get_bind().dialect.name]
+    session.execute(text(sql), {"sid": service_id})
+
+
 def reindex(session: Session, row: dict[str, Any], before: frozenset[str] | None) -> None:
     """Index a stored snapshot under its cells and categories; keep the counts right.
     ``before``: the categories of the snapshot it replaced (None: a new service)."""
     sid, after = row["service_id"], frozenset(row["categories"])
+    note_change(session, sid)
     deltas = {c: 1 for c in after - (before or frozenset())}
     deltas.update({c: -1 for c in (before or frozenset()) - after})
     if before is None:
@@ -84,6 +105,7 @@ def index_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
 def unindex(session: Session, service_id: str, before: frozenset[str] | None) -> None:
     if before is None:
         return
+    note_change(session, service_id)
     _shift_counts(session, {**{c: -1 for c in before}, ALL: -1})
     session.execute(delete(service_cells).where(service_cells.c.service_id == service_id))
 

@@ -8,13 +8,13 @@ the offer.
 """
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property, partial
 
 from .eligibility import first_failure
-from .scoring import DEFAULT_WEIGHTS, Weights, factors
+from .scoring import DEFAULT_WEIGHTS, Factors, Weights, factors
 
 __all__ = ["CONSTRAINTS", "DEFAULT_WEIGHTS", "Candidate", "Decision", "LoadChange",
            "OpeningHours", "Point", "Ranked", "Reason", "Referral", "Schedule", "Weights",
@@ -120,7 +120,12 @@ class Ranked:
     candidate: Candidate
     score: float
     distance_km: float | None
-    reasons: tuple[Reason, ...]
+    # the reasons, written out when first read (only the best candidate's usually are)
+    explain: Callable[[], tuple[Reason, ...]] = field(compare=False, repr=False)
+
+    @cached_property
+    def reasons(self) -> tuple[Reason, ...]:
+        return self.explain()
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,12 @@ def score(referral: Referral, c: Candidate, weights: Weights = DEFAULT_WEIGHTS,
           org_pending: int = 0) -> Ranked:
     """Score one eligible candidate and say why, in codes and words."""
     f = factors(referral, c, org_pending, weights)
+    return Ranked(candidate=c, score=f.total(weights), distance_km=f.distance_km,
+                  explain=partial(_reasons, referral, c, f, org_pending))
+
+
+def _reasons(referral: Referral, c: Candidate, f: Factors, org_pending: int
+             ) -> tuple[Reason, ...]:
     reasons = [Reason("category", f"offers {referral.need.replace('_', ' ')}"),
                Reason("distance", "no location: distance unknown" if f.distance_km is None
                       else f"{f.distance_km:.1f} km from the resident's area"),
@@ -176,8 +187,7 @@ def score(referral: Referral, c: Candidate, weights: Weights = DEFAULT_WEIGHTS,
                               f"{org_pending} offer(s) of its organization await an answer"))
     if referral.urgency == "emergency":
         reasons.append(Reason("open_now", "open now"))
-    return Ranked(candidate=c, score=f.total(weights), distance_km=f.distance_km,
-                  reasons=tuple(reasons))
+    return tuple(reasons)
 
 
 def evaluate(referral: Referral, candidates: Sequence[Candidate], now: datetime,
@@ -195,14 +205,14 @@ def evaluate(referral: Referral, candidates: Sequence[Candidate], now: datetime,
         eliminated[code] = eliminated.get(code, 0) + count
     excluded: list[tuple[str, str]] = []
     ranked: list[Ranked] = []
-    pending = Counter[str]()
+    pending: dict[str, int] = {}
     for c in candidates:
-        pending[c.organization_id] += c.open_offers
+        pending[c.organization_id] = pending.get(c.organization_id, 0) + c.open_offers
     for candidate in candidates:
         failed = first_failure(referral, candidate, now)
         if failed is None:
             ranked.append(score(referral, candidate, weights,
-                                pending[candidate.organization_id]))
+                                pending.get(candidate.organization_id, 0)))
         else:
             eliminated[failed] += 1
             excluded.append((candidate.service_id, failed))

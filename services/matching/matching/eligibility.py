@@ -2,12 +2,14 @@
 the elimination code. Pure, like ``domain`` (whose types it reads but never builds)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from servicekit.geo import haversine_km
+from servicekit.geo import EARTH_RADIUS_KM
 
 if TYPE_CHECKING:  # domain imports this module: no import cycle at runtime
     from .domain import Candidate, Referral, Schedule
@@ -16,19 +18,56 @@ WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_AGE = 130
 
 
+@lru_cache(maxsize=4096)
 def primary_language(tag: str) -> str:
     return tag.split("-", 1)[0].lower()
 
 
+_PRIMARY: dict[frozenset[str], frozenset[str]] = {}  # language sets are few and shared
+
+
+def _primaries(languages: frozenset[str]) -> frozenset[str]:
+    found = _PRIMARY.get(languages)
+    if found is None:
+        if len(_PRIMARY) >= 10_000:
+            _PRIMARY.clear()
+        found = _PRIMARY[languages] = frozenset(primary_language(t) for t in languages)
+    return found
+
+
 def speaks(candidate: Candidate, tag: str) -> bool:
-    return primary_language(tag) in {primary_language(t) for t in candidate.languages}
+    return primary_language(tag) in _primaries(candidate.languages)
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float,
+                 _radians: Callable[[float], float] = math.radians,
+                 _sin: Callable[[float], float] = math.sin,
+                 _cos: Callable[[float], float] = math.cos) -> float:
+    """``servicekit.geo.haversine_km`` with the same arithmetic (so the same results), its
+    functions bound locally: it runs for every candidate of every decision."""
+    phi1, phi2 = _radians(lat1), _radians(lat2)
+    d_phi = phi2 - phi1
+    d_lambda = _radians(lon2 - lon1)
+    a = _sin(d_phi / 2) ** 2 + _cos(phi1) * _cos(phi2) * _sin(d_lambda / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+NEAREST_HINT = "_nearest_km_from"  # (lat, lon, km) a caller already computed for this point
 
 
 def nearest_km(candidate: Candidate, referral: Referral) -> float | None:
-    if not candidate.locations:
+    """Distance from the referral's point to the nearest location (None: no location).
+    A candidate may carry the value for one point (``NEAREST_HINT``, set by the in-memory
+    index, which computed it with this same arithmetic while checking the area)."""
+    hint = candidate.__dict__.get(NEAREST_HINT)
+    if hint is not None and hint[0] == referral.lat and hint[1] == referral.lon:
+        return hint[2]  # type: ignore[no-any-return]
+    locations = candidate.locations
+    if not locations:
         return None
-    return min(float(haversine_km(referral.lat, referral.lon, p.lat, p.lon))
-               for p in candidate.locations)
+    if len(locations) == 1:
+        return haversine_km(referral.lat, referral.lon, locations[0].lat, locations[0].lon)
+    return min(haversine_km(referral.lat, referral.lon, p.lat, p.lon) for p in locations)
 
 
 def _age_range(referral: Referral) -> tuple[int, int] | None:
@@ -43,16 +82,24 @@ def _age_range(referral: Referral) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+@lru_cache(maxsize=4096)
 def _minutes(hhmm: str) -> int:
     hours, _, minutes = hhmm.partition(":")
     return int(hours) * 60 + int(minutes)
 
 
-def _local(schedule: Schedule, now: datetime) -> datetime | None:
+@lru_cache(maxsize=256)
+def _local_time(timezone: str, now: datetime) -> datetime | None:
+    """``now`` in ``timezone`` (None: unknown zone); a decision asks this of every
+    candidate at the same ``now``, mostly in a handful of zones."""
     try:
-        return now.astimezone(ZoneInfo(schedule.timezone))
+        return now.astimezone(ZoneInfo(timezone))
     except (ZoneInfoNotFoundError, ValueError):
         return None
+
+
+def _local(schedule: Schedule, now: datetime) -> datetime | None:
+    return _local_time(schedule.timezone, now)
 
 
 def operating(schedule: Schedule, now: datetime) -> bool:
@@ -140,7 +187,39 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 
 
 def first_failure(referral: Referral, candidate: Candidate, now: datetime) -> str | None:
-    """The code of the first hard constraint ``candidate`` fails, or None if it fits."""
+    """The code of the first hard constraint ``candidate`` fails, or None if it fits:
+    ``CHECKS`` in order, written out (it runs for every candidate of every decision, and a
+    call per check was half its cost; a test holds it to ``CHECKS``)."""
+    r, c = referral, candidate
+    if r.need not in c.categories:
+        return "category"
+    if c.status != "active":
+        return "inactive"
+    if not c.accepting:
+        return "not_accepting"
+    if not c.open_offers + c.active_cases < c.capacity_max:
+        return "at_capacity"
+    if not _age_fits(r, c, now):
+        return "age"
+    if c.genders and r.gender is not None and not _gender_fits(r, c, now):
+        return "gender"
+    if c.populations and not c.populations & r.flags:
+        return "population"
+    if r.needs_interpreter and r.preferred_language and not _language_fits(r, c, now):
+        return "language"
+    if not in_area(r, c):
+        return "out_of_area"
+    if not (is_open(c.schedule, now) if r.urgency == "emergency"
+            else operating(c.schedule, now)):
+        return "closed_now"
+    if c.service_id in r.tried:
+        return "already_tried"
+    return None
+
+
+def first_failure_by_table(referral: Referral, candidate: Candidate, now: datetime
+                           ) -> str | None:
+    """``first_failure`` read straight off ``CHECKS`` (the specification it is held to)."""
     for code, check in CHECKS:
         if not check(referral, candidate, now):
             return code

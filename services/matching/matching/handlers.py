@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import update
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from servicekit import events, logs
 
 from . import directory, domain, tables
-from .decide import DEFAULT_POLICY, Policy, retry_unmatched, route
+from .decide import DEFAULT_POLICY, Policy, Recorded, record_many, retry_unmatched, route
 from .tables import decisions, referral_view
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def on_service_upserted(session: Session, env: events.Envelope,
     if not tables.upsert_service(session, row, env.data["categories"]):
         return  # an older snapshot than the one stored
     directory.reindex(session, row, before)
+    if policy.index is not None:
+        policy.index.stage(session, row["service_id"], row)
     now = _now()
     tables.ensure_load(session, row["service_id"], now)
     if row["status"] == "active" and row["accepting"]:
@@ -69,25 +72,67 @@ def on_service_removed(session: Session, env: events.Envelope,
     before = directory.indexed_categories(session, sid)
     tables.delete_service(session, sid)
     directory.unindex(session, sid, before)
+    if before is not None and policy.index is not None:
+        policy.index.stage(session, sid, None)
 
 
 # --- referral.events -------------------------------------------------------------------------
-def on_referral_submitted(session: Session, env: events.Envelope,
-                          policy: Policy = DEFAULT_POLICY) -> None:
-    """Remember the referral's de-identified facts and make the first decision."""
-    d, now = env.data, _now()
+def _referral_row(d: dict[str, Any], now: datetime) -> dict[str, Any]:
     where = d["coarse_location"]
-    known = not tables.insert_referral(session, {
+    return {
         "referral_id": d["referral_id"], "need": d["need"], "urgency": d["urgency"],
         "geohash": where["geohash"], "lat": where["lat"], "lon": where["lon"],
         "eligibility": d["eligibility"], "status": "submitted", "attempt": 0,
         "agency_id": d["agency_id"], "service_id": None,
         "submitted_at": events.parse_time(d["submitted_at"]), "updated_at": now,
-    })
-    if known:
+    }
+
+
+def on_referral_submitted(session: Session, env: events.Envelope,
+                          policy: Policy = DEFAULT_POLICY) -> None:
+    """Remember the referral's de-identified facts and make the first decision."""
+    d, now = env.data, _now()
+    row = _referral_row(d, now)
+    if not tables.insert_referral(session, row):
         log.info("referral already known", extra=logs.log_fields(referral_id=d["referral_id"]))
         return
-    route(session, d["referral_id"], now, policy)
+    # just inserted (and so locked) by this transaction: routed from the facts in hand
+    route(session, d["referral_id"], now, policy,
+          inserted=SimpleNamespace(**row, offered_at=None))
+
+
+def on_referrals_submitted(session: Session, envs: list[events.Envelope],
+                           policy: Policy = DEFAULT_POLICY) -> None:
+    """``on_referral_submitted`` for each of ``envs`` in turn, with the writes of the run
+    shared: the referrals stored in one statement, each decided (and its place reserved)
+    in order, then every decision recorded together (``decide.record_many``)."""
+    rows = [_referral_row(env.data, _now()) for env in envs]
+    stored = tables.insert_referrals(session, rows)
+    made: list[Recorded] = []
+    for row in rows:
+        rid = row["referral_id"]
+        if rid not in stored:
+            log.info("referral already known", extra=logs.log_fields(referral_id=rid))
+            continue
+        stored.discard(rid)  # a second submission of it in this run: known by then
+        route(session, rid, row["updated_at"], policy,
+              inserted=SimpleNamespace(**row, offered_at=None), deferred=made)
+    record_many(session, made)
+
+
+class SubmittedHandler:
+    """The consumer's handler of ``referral.submitted``: one event (``__call__``) or a run
+    of consecutive ones in a consumer batch (``handle_many``, see the kit's
+    ``BatchHandler``)."""
+
+    def __init__(self, policy: Policy = DEFAULT_POLICY):
+        self.policy = policy
+
+    def __call__(self, session: Session, env: events.Envelope) -> None:
+        on_referral_submitted(session, env, self.policy)
+
+    def handle_many(self, session: Session, envs: list[events.Envelope]) -> None:
+        on_referrals_submitted(session, envs, self.policy)
 
 
 def on_status_changed(session: Session, env: events.Envelope,

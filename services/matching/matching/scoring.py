@@ -6,7 +6,7 @@ Pure, like ``domain`` (whose types it reads but never builds). Every factor lies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .eligibility import nearest_km, speaks
 
@@ -52,9 +52,10 @@ class Weights:
 DEFAULT_WEIGHTS = Weights()
 
 
-@dataclass(frozen=True)
-class Factors:
-    """The factor values of one candidate (each in [0, 1]) and what they were made from."""
+class Factors(NamedTuple):
+    """The factor values of one candidate (each in [0, 1]) and what they were made from
+    (a named tuple: made for every eligible candidate of every decision, and a frozen
+    dataclass costs several times more to build)."""
 
     distance_km: float | None
     proximity: float

@@ -4,10 +4,12 @@ the de-identified ones carried by ``referral.submitted``."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    bindparam,
     case,
     delete,
     select,
@@ -75,6 +78,14 @@ registry_counts = Table(
     "registry_counts", metadata,  # services per category ("*": all), for elimination counts
     Column("category", String(40), primary_key=True),
     Column("services", Integer, nullable=False, server_default="0"),
+)
+
+directory_changes = Table(
+    "directory_changes", metadata,  # per service: the transaction that last changed it
+    Column("service_id", String(200), primary_key=True),  # kept after a removal (tombstone)
+    # PostgreSQL: the writer's transaction id (pg_current_xact_id); SQLite: a counter
+    Column("xact", BigInteger, nullable=False),
+    Index("ix_directory_changes_xact", "xact"),
 )
 
 service_history = Table(
@@ -174,14 +185,22 @@ def ensure_load(session: Session, service_id: str, now: datetime) -> None:
     ).on_conflict_do_nothing(index_elements=[service_load.c.service_id]))
 
 
-def reserve(session: Session, service_id: str, capacity_max: int, now: datetime) -> bool:
-    """Take one place atomically; False when the service is full (another worker won)."""
+@lru_cache(maxsize=1)
+def _reserve_statement() -> Any:
     load = service_load.c
-    stmt = (update(service_load)
-            .where(load.service_id == service_id,
-                   load.open_offers + load.active_cases < capacity_max)
-            .values(open_offers=load.open_offers + 1, updated_at=now))
-    return _rowcount(session.execute(stmt)) == 1
+    return (update(service_load)
+            .where(load.service_id == bindparam("sid"),
+                   load.open_offers + load.active_cases < bindparam("cap"))
+            .values(open_offers=load.open_offers + 1, updated_at=bindparam("now")))
+
+
+def reserve(session: Session, service_id: str, capacity_max: int, now: datetime) -> bool:
+    """Take one place atomically; False when the service is full (another worker won).
+    (Statements of the per-decision path are built once and run on the session's
+    connection: building one costs more than running it.)"""
+    result = session.connection().execute(
+        _reserve_statement(), {"sid": service_id, "cap": capacity_max, "now": now})
+    return int(result.rowcount) == 1
 
 
 def _moved(column: Any, delta: int) -> ColumnElement[Any]:
@@ -203,11 +222,30 @@ def adjust_load(session: Session, service_id: str, open_offers: int, active_case
 
 
 # --- repository: referrals -------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _insert_referral_statement(dialect: str, columns: tuple[str, ...]) -> Any:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (insert(referral_view).values({c: bindparam(c) for c in columns})
+            .on_conflict_do_nothing(index_elements=[referral_view.c.referral_id])
+            .returning(referral_view.c.referral_id))
+
+
+def insert_referrals(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Store several referrals' facts (one statement); the ids of those not known before."""
+    if not rows:
+        return set()
+    stmt = _insert_referral_statement(session.get_bind().dialect.name, tuple(rows[0]))
+    return set(session.connection().execute(stmt, rows).scalars())
+
+
 def insert_referral(session: Session, row: dict[str, Any]) -> bool:
     """Store a referral's facts; False when it is already known."""
-    stmt = upsert(session, referral_view).values(**row).on_conflict_do_nothing(
-        index_elements=[referral_view.c.referral_id]).returning(referral_view.c.referral_id)
-    return session.execute(stmt).first() is not None  # (INSERT rowcount is unreliable)
+    stmt = _insert_referral_statement(session.get_bind().dialect.name, tuple(row))
+    # (INSERT rowcount is unreliable)
+    return session.connection().execute(stmt, row).first() is not None
 
 
 def referral(session: Session, referral_id: str, *, lock: bool = False,

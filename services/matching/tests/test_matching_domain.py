@@ -257,3 +257,33 @@ def test_now_must_be_timezone_aware() -> None:
 def test_status_changes_move_load(from_status: str, to_status: str, reason: str | None,
                                   reserved: bool, expected: domain.LoadChange) -> None:
     assert domain.load_change(from_status, to_status, reason, reserved=reserved) == expected
+
+
+def test_the_written_out_constraints_are_those_of_the_table() -> None:
+    """``first_failure`` (inline, for speed) decides as ``CHECKS`` read in order, for every
+    combination of flaws the candidates and residents below can have."""
+    import itertools
+
+    flaws = [{}, {"status": "inactive"}, {"accepting": False},
+             {"open_offers": 10}, {"age_min": 40}, {"age_max": 20},
+             {"genders": frozenset({"female"})}, {"populations": frozenset({"veteran"})},
+             {"languages": frozenset({"en"})}, {"radius_km": 0.1},
+             {"schedule": Schedule(always_open=False, timezone="Europe/London")},
+             {"schedule": Schedule(always_open=True, valid_to="2024-01-01")},
+             {"categories": frozenset({"food"})}, {"service_id": "svc-tried"}]
+    residents = [referral(), referral(gender="male", flags=frozenset({"veteran"})),
+                 referral(needs_interpreter=True, urgency="emergency", age=None,
+                          age_band="18-24"), referral(gender="female", age=None)]
+    for r, (a, b) in itertools.product(residents, itertools.combinations(flaws, 2)):
+        flawed = {**a, **b}
+        c = service(str(flawed.pop("service_id", "svc-x")), **flawed)
+        assert eligibility.first_failure(r, c, NOW) == \
+            eligibility.first_failure_by_table(r, c, NOW), (r, c)
+
+
+def test_reasons_are_written_when_read_and_only_then() -> None:
+    decision = domain.evaluate(referral(), trap_directory(), NOW)
+    best = decision.best
+    assert best is not None and "reasons" not in vars(best)
+    assert best.reasons == decision.reasons and "reasons" in vars(best)
+    assert best.reasons[0] == domain.Reason("category", "offers housing")

@@ -16,15 +16,21 @@ from matching_factories import (
 from sqlalchemy import select
 
 from matching import handlers, tables
+from matching.decide import DEFAULT_POLICY, Policy
 from servicekit import events
 from servicekit.db import Database
 
 pytestmark = pytest.mark.integration
 
 
+def policy_for(db: Database) -> Policy:
+    """The policy the fixture chose (in-memory index or the database's; see conftest)."""
+    return getattr(db, "test_policy", DEFAULT_POLICY)
+
+
 def apply(db: Database, handler: Any, env: events.Envelope) -> None:
     with db.transaction() as session:
-        handler(session, env)
+        handler(session, env, policy_for(db))
 
 
 def upsert(db: Database, *services: events.Envelope) -> None:

@@ -1,0 +1,578 @@
+"""The matching worker's in-memory directory index: a decision reads its candidates from
+process memory and asks the database only for what can change under it at any moment
+(load and answer history of those candidates, the referral's tried services, and which
+services changed since the last look), in one statement.
+
+What it holds: every stored service's parsed snapshot (a ``domain.Candidate`` with zero
+load), bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
+keys, see ``cells.disk_grid``; service-area geohashes cut to precision 6; ``""`` for
+services declaring no area), each with its reach box, plus services per category. A
+lookup reads the buckets of the referral's cell prefixes, drops what the reach box and the
+exact area check (``eligibility.in_area``) exclude, and returns the rest in ``service_id``
+order with their current load and history: the candidates and counts of
+``directory.candidates_for`` (the benchmark and the tests compare both, and a linear scan).
+
+How it stays current, with any number of workers, each of which consumes only some
+partitions of ``provider.events``:
+
+* every transaction that stores or removes a service also writes ``directory_changes``
+  (``directory.note_change``): the service and the id of the writing transaction
+  (PostgreSQL ``pg_current_xact_id``; SQLite: a counter, SQLite having one writer at a
+  time). The index is derived from the database alone, never from the events it saw;
+* every lookup reads the changes committed since its previous look, in the same statement
+  as the load: on PostgreSQL, a change the previous look's snapshot could not see was made
+  by a transaction in progress then (its ``xip`` list) or not yet begun (an id from its
+  ``xmax`` on); so each newly committed change is found exactly once, however the
+  transactions' commits interleave (a bare "newer than the newest change seen" would
+  miss a transaction that took its id first and committed last). Those services are
+  re-read (one more statement, only then);
+* the transaction's own uncommitted changes (a service upserted earlier in the same
+  consumer batch, or just before ``retry_unmatched``) are staged by the handlers in a
+  per-transaction overlay (``stage``) that this transaction's lookups see and nothing
+  else does; when the transaction ends, committed or rolled back, its services are
+  re-read by the next lookup, so shared memory only ever holds committed rows.
+
+Load accounting stays in the database: the decision's load figures are read with the
+candidates, and a place is still taken only by the conditional ``UPDATE``
+(``tables.reserve``), so capacity is never exceeded however stale anything else is.
+The index is loaded on first use (about 1 s of CPU per 10,000 services).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import threading
+import weakref
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import bindparam, event, text
+from sqlalchemy.orm import Session
+
+from servicekit.geo import EARTH_RADIUS_KM
+
+from . import cells, domain, tables
+from .directory import ALL, centre
+from .eligibility import NEAREST_HINT, in_area
+
+Key = tuple[str, Any]  # (category, geohash prefix or cells.GridKey)
+LOAD_ZERO = (0, 0, 0, 0, 0, 0.0)  # open, active, answered, accepted, timed, seconds
+
+_COLUMNS = ("v.service_id, v.organization_id, v.status, CAST(v.categories AS TEXT), "
+            "CAST(v.locations AS TEXT), v.radius_km, CAST(v.area_geohashes AS TEXT), "
+            "v.age_min, v.age_max, CAST(v.genders AS TEXT), CAST(v.populations AS TEXT), "
+            "CAST(v.languages AS TEXT), v.interpretation_available, "
+            "CAST(v.schedule AS TEXT), v.capacity_max, v.accepting")
+_ALL_ROWS = (f"SELECT {_COLUMNS}, COALESCE(c.xact, 0) FROM service_view v "
+             "LEFT JOIN directory_changes c ON c.service_id = v.service_id")
+# re-read after a change: the change row and the snapshot in one statement (one snapshot);
+# no service_view row = removed
+_ROWS_BY_ID_PG = (f"SELECT u.sid, {_COLUMNS}, COALESCE(c.xact, 0) "
+                  "FROM unnest(%(ids)s::text[]) AS u(sid) "
+                  "LEFT JOIN directory_changes c ON c.service_id = u.sid "
+                  "LEFT JOIN service_view v ON v.service_id = u.sid")
+_ROWS_BY_ID = text(f"SELECT v.service_id, {_COLUMNS}, COALESCE(c.xact, 0) FROM service_view v "
+                   "LEFT JOIN directory_changes c ON c.service_id = v.service_id "
+                   "WHERE v.service_id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+# the per-decision statement (PostgreSQL, prepared): load and history of the candidates,
+# the changes committed since the previous look, the referral's tried services, and the
+# snapshot this statement saw (the next look's starting point). Every parameter sits in a
+# sub-select, opaque to the planner, so custom and generic plans cost the same and the
+# server settles on the generic plan (planning it at every call cost ~4x the execution);
+# changes are read in xact order with a LIMIT, so that plan scans ix_directory_changes_xact
+# whatever the statistics say (a full batch means there may be more: see ``_look``).
+CHANGES_PER_LOOK = 1000
+_LOOK_PG = f"""
+SELECT 0, u.sid, COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0),
+       COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0),
+       COALESCE(h.response_s_total, 0.0), NULL::bigint, NULL::text
+FROM unnest((SELECT %(ids)b::text[])) AS u(sid)
+LEFT JOIN service_load l ON l.service_id = u.sid
+LEFT JOIN service_history h ON h.service_id = u.sid
+UNION ALL
+(SELECT 1, c.service_id, NULL, NULL, NULL, NULL, NULL, NULL, c.xact, NULL
+ FROM directory_changes c WHERE c.xact >= (SELECT %(since)s::bigint)
+ ORDER BY c.xact LIMIT {CHANGES_PER_LOOK})
+UNION ALL
+SELECT 2, t.service_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM tried t WHERE t.referral_id = (SELECT %(rid)s::text)
+UNION ALL
+SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_current_snapshot()::text
+"""
+_CHANGES_SINCE_PG = "SELECT service_id, xact FROM directory_changes WHERE xact >= %(since)s"
+_LOAD_BY_ID = text(
+    "SELECT v.sid, COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0), "
+    "COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0), "
+    "COALESCE(h.response_s_total, 0.0) FROM (SELECT service_id AS sid FROM service_view "
+    "WHERE service_id IN :ids) v LEFT JOIN service_load l ON l.service_id = v.sid "
+    "LEFT JOIN service_history h ON h.service_id = v.sid"
+).bindparams(bindparam("ids", expanding=True))
+_CHANGES_SINCE = text("SELECT service_id, xact FROM directory_changes WHERE xact >= :xmax")
+_TRIED = text("SELECT service_id FROM tried WHERE referral_id = :rid")
+
+
+# what a bucket holds per service, flat for the lookup loop: reach box (always-true bounds
+# without one), and for a service whose area is one radius around one location (the usual
+# one) that location's latitude in radians and its cosine, its longitude and the radius
+# (radius None: the general area check); then the candidate
+Probe = tuple[float, float, float, float, float, float, float, "float | None",
+              domain.Candidate]
+NO_BOX = (-91.0, 91.0, -181.0, 181.0)
+
+
+@dataclass(eq=False)
+class Entry:
+    """One service in memory: its snapshot, the buckets it sits in, what they hold of it,
+    and the transaction that wrote the version held (0: older than the index)."""
+
+    candidate: domain.Candidate
+    keys: Collection[Key]
+    probe: Probe
+    xact: int
+
+@dataclass
+class Found:
+    """What a lookup found: the candidates covering the point with their load and history
+    (``service_id`` order), the pre-filter counts, the referral's tried services, and how
+    many index entries it examined (the cost of the lookup)."""
+
+    candidates: list[domain.Candidate]
+    pre: dict[str, int]
+    tried: frozenset[str]
+    examined: int
+
+
+@dataclass
+class _Look:
+    loads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    changes: list[tuple[str, int]] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    snapshot: tuple[int, list[int]] | None = None
+
+
+class _Point:
+    """What the area check reads of a referral (``domain.Referral`` without the rest)."""
+
+    __slots__ = ("geohash", "lat", "lon", "need")
+
+    def __init__(self, need: str, geohash: str, lat: float, lon: float):
+        self.need, self.geohash, self.lat, self.lon = need, geohash, lat, lon
+
+
+def entry_keys(c: domain.Candidate) -> frozenset[Key]:
+    """The buckets of a service: (category, cell) for every cell ``service_cells`` would
+    index it under, radius cells as grid keys."""
+    areas = {g.lower()[:6] for g in c.area_geohashes}
+    where: set[Any] = set(areas)
+    if c.radius_km is None and not areas:
+        where.add(cells.EVERYWHERE)
+    elif c.radius_km is not None:
+        for p in c.locations:
+            where |= cells.disk_grid(p.lat, p.lon, c.radius_km)
+    return frozenset((category, w) for category in c.categories for w in where)
+
+
+def lookup_keys(need: str, geohash: str) -> list[Key]:
+    """The buckets a referral in ``geohash`` reads (every prefix of its cell)."""
+    return ([(need, g) for g in cells.lookup_cells(geohash)]
+            + [(need, k) for k in cells.lookup_grid(geohash)])
+
+
+def make_entry(c: domain.Candidate, xact: int = 0) -> Entry:
+    if c.radius_km is not None and not c.area_geohashes and len(c.locations) == 1:
+        here = c.locations[0]  # the usual service: one radius around one location
+        box, grid = cells.disk_cover(here.lat, here.lon, c.radius_km)
+        keys = frozenset((category, g) for category in c.categories for g in grid)
+        phi = math.radians(here.lat)
+        return Entry(c, keys, (*(box or NO_BOX), phi, math.cos(phi), here.lon, c.radius_km, c),
+                     xact)
+    points = [(p.lat, p.lon) for p in c.locations]
+    box = cells.reach_box(points, c.radius_km, c.area_geohashes)
+    return Entry(c, entry_keys(c), (*(box or NO_BOX), 0.0, 0.0, 0.0, None, c), xact)
+
+
+def _with_load(static: domain.Candidate, load: Sequence[Any], hint: Any) -> domain.Candidate:
+    """``static`` with load and history (``dataclasses.replace`` without its per-field
+    ``__init__``: a tenth of the cost; runs once per candidate and decision), carrying the
+    distance ``_covering`` computed (``eligibility.NEAREST_HINT``) when it did."""
+    d = static.__dict__.copy()  # zero load and history, no hint
+    d["open_offers"], d["active_cases"], d["answered"], d["accepted"] = load[:4]
+    if load[4]:
+        d["mean_response_s"] = load[5] / load[4]
+    if hint is not None:
+        d[NEAREST_HINT] = hint
+    c = object.__new__(domain.Candidate)
+    object.__setattr__(c, "__dict__", d)
+    return c
+
+
+class _Parser:
+    """Snapshot columns (JSON as text) to a ``domain.Candidate``. Values many services share
+    (category lists, languages, schedules) are parsed once, by their text."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str | None], Any] = {}
+
+    def _shared(self, kind: str, raw: str | None, build: Callable[[Any], Any]) -> Any:
+        key = (kind, raw)
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) >= self.LIMIT:
+                self._memo.clear()
+            hit = self._memo[key] = build(None if raw is None else json.loads(raw))
+        return hit
+
+    @staticmethod
+    def _schedule(s: Any) -> domain.Schedule:
+        s = s or {}
+        return domain.Schedule(
+            always_open=bool(s.get("always_open")), timezone=s.get("timezone", "UTC"),
+            hours=tuple(domain.OpeningHours(h["byday"], h["opens_at"], h["closes_at"])
+                        for h in s.get("hours", [])),
+            valid_from=s.get("valid_from"), valid_to=s.get("valid_to"))
+
+    def candidate(self, row: Sequence[Any]) -> domain.Candidate:
+        """From the ``_COLUMNS`` of a row (the 16 columns from ``row[0]`` on)."""
+        (sid, org, status, cats, locs, radius, areas, age_min, age_max, genders, pops,
+         langs, interp, sched, cap, accepting) = row[:16]
+        frozen = self._shared
+        c = object.__new__(domain.Candidate)  # every field set below (a test checks)
+        vars(c).update(
+            service_id=sid, organization_id=org, categories=frozen("set", cats, frozenset),
+            status=status, accepting=bool(accepting), capacity_max=cap, open_offers=0,
+            active_cases=0, age_min=age_min, age_max=age_max,
+            genders=frozen("set", genders, frozenset),
+            populations=frozen("set", pops, frozenset),
+            languages=frozen("set", langs, frozenset),
+            interpretation_available=bool(interp),
+            locations=tuple(domain.Point(p["lat"], p["lon"]) for p in json.loads(locs)),
+            radius_km=radius, area_geohashes=frozen("tuple", areas, tuple),
+            schedule=frozen("schedule", sched, self._schedule),
+            answered=0, accepted=0, mean_response_s=None)
+        return c
+
+
+def candidate_of(row: dict[str, Any]) -> domain.Candidate:
+    """A ``handlers.service_row`` as a candidate with zero load (what ``stage`` holds)."""
+    return tables.to_candidate(SimpleNamespace(**row, open_offers=0, active_cases=0))
+
+
+class DirectoryIndex:
+    """One worker's in-memory directory (see the module docstring). Bound to the first
+    database it reads; used by ``decide.route`` when the ``Policy`` carries one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entries: dict[str, Entry] = {}
+        self._buckets: dict[Key, dict[str, Probe]] = {}
+        self._canon: dict[Key, Key] = {}
+        self._counts: dict[str, int] = {}
+        self._snapshot: tuple[int, list[int]] | None = None  # None: not loaded
+        self._recheck: set[str] = set()
+        self._parser = _Parser()
+        self._bound: Any = None
+        self._overlay_key = f"matching.index.{id(self)}"
+        self.loads = 0  # full loads (1 unless the database was swapped under it)
+
+    # --- the transaction's own changes -------------------------------------------------------
+    def stage(self, session: Session, service_id: str, row: dict[str, Any] | None) -> None:
+        """The handler stored (``row``: ``handlers.service_row``) or removed (None)
+        ``service_id`` in ``session``'s transaction: its lookups see that at once; everyone
+        else once the transaction committed (re-read from the database)."""
+        overlay = self._overlay(session, create=True)
+        overlay[service_id] = None if row is None else make_entry(candidate_of(row))
+
+    def _overlay(self, session: Session, create: bool = False) -> dict[str, Entry | None]:
+        overlay: dict[str, Entry | None] | None = session.info.get(self._overlay_key)
+        if overlay is None:
+            overlay = {}
+            if create:
+                session.info[self._overlay_key] = overlay
+                if not session.info.get(self._overlay_key + ".hooked"):
+                    session.info[self._overlay_key + ".hooked"] = True
+                    event.listen(session, "after_transaction_end", self._transaction_ended)
+        return overlay
+
+    def _transaction_ended(self, session: Session, transaction: Any) -> None:
+        if transaction.parent is not None:
+            return  # a savepoint or subtransaction: the outer transaction goes on
+        overlay = session.info.pop(self._overlay_key, None)
+        if overlay:
+            with self._lock:  # committed or rolled back: read what the database holds
+                self._recheck.update(overlay)
+
+    # --- lookups -----------------------------------------------------------------------------
+    def lookup(self, session: Session, need: str, geohash: str,
+               at: tuple[float, float] | None = None, referral_id: str | None = None
+               ) -> Found:
+        """Candidates offering ``need`` whose area covers the point ``at`` (default: the
+        centre of ``geohash``), with load and history, the pre-filter counts of
+        ``directory.candidates_for``, and ``referral_id``'s tried services."""
+        lat, lon = at if at is not None else centre(geohash)
+        point = _Point(need, geohash, lat, lon)
+        overlay = self._overlay(session)
+        with self._lock:
+            self._ensure_loaded(session, overlay)
+            keys = lookup_keys(need, geohash)
+            statics, examined = self._covering(keys, point, overlay)
+            look = self._look(session, [c.service_id for c, _ in statics], referral_id)
+            if self._catch_up(session, look, overlay):
+                statics, examined = self._covering(keys, point, overlay)
+                missing = [c.service_id for c, _ in statics if c.service_id not in look.loads]
+                if missing:
+                    look.loads.update(self._read_loads(session, missing))
+            total, offering = self._totals(need, overlay)
+        found = [_with_load(c, look.loads.get(c.service_id, LOAD_ZERO),
+                            None if km is None else (lat, lon, km)) for c, km in statics]
+        pre = {"category": max(0, total - offering),
+               "out_of_area": max(0, offering - len(found))}
+        return Found(found, pre, frozenset(look.tried), examined)
+
+    def candidates_for(self, session: Session, need: str, geohash: str,
+                       at: tuple[float, float] | None = None
+                       ) -> tuple[list[domain.Candidate], dict[str, int]]:
+        """``directory.candidates_for`` from memory."""
+        found = self.lookup(session, need, geohash, at)
+        return found.candidates, found.pre
+
+    def _covering(self, keys: Iterable[Key], point: Any,
+                  overlay: dict[str, Entry | None]
+                  ) -> tuple[list[tuple[domain.Candidate, float | None]], int]:
+        """Services in the buckets whose area covers ``point`` (``eligibility.in_area``),
+        each with its distance when it was computed, in ``service_id`` order; and how many
+        entries were examined."""
+        lat, lon = point.lat, point.lon
+        radians, sin, asin, sqrt = math.radians, math.sin, math.asin, math.sqrt
+        phi1 = radians(lat)
+        cos1 = math.cos(phi1)
+        seen: set[str] = set()
+        out: list[tuple[domain.Candidate, float | None]] = []
+        for key in keys:
+            bucket = self._buckets.get(key)
+            if not bucket:
+                continue
+            for sid, probe in bucket.items():
+                if sid in seen:
+                    continue
+                seen.add(sid)
+                lat_min, lat_max, lon_min, lon_max, phi2, cos2, slon, radius, c = probe
+                if not (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max):
+                    continue
+                if overlay and sid in overlay:
+                    continue
+                if radius is None:
+                    if in_area(point, c):
+                        out.append((c, None))
+                    continue
+                # in_area of a one-location radius service: eligibility.haversine_km's
+                # arithmetic, operation for operation (the same float), inline
+                a = sin((phi2 - phi1) / 2) ** 2 + cos1 * cos2 * sin(radians(slon - lon) / 2) ** 2
+                km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))
+                if km <= radius:
+                    out.append((c, km))
+        for entry in overlay.values():
+            if (entry is not None and point.need in entry.candidate.categories
+                    and in_area(point, entry.candidate)):
+                out.append((entry.candidate, None))
+        out.sort(key=lambda pair: pair[0].service_id)
+        return out, len(seen)
+
+    def _totals(self, need: str, overlay: dict[str, Entry | None]) -> tuple[int, int]:
+        total, offering = self._counts.get(ALL, 0), self._counts.get(need, 0)
+        for sid, entry in overlay.items():
+            held = self._entries.get(sid)
+            if held is not None:
+                total -= 1
+                offering -= need in held.candidate.categories
+            if entry is not None:
+                total += 1
+                offering += need in entry.candidate.categories
+        return total, offering
+
+    # --- reading the database ----------------------------------------------------------------
+    @staticmethod
+    def _pg(session: Session) -> bool:
+        return session.get_bind().dialect.name == "postgresql"
+
+    def _look(self, session: Session, ids: list[str], referral_id: str | None) -> _Look:
+        """Load and history of ``ids``, changes since the last look, tried services."""
+        assert self._snapshot is not None
+        xmax, xip = self._snapshot
+        look = _Look()
+        conn = session.connection()
+        if self._pg(session):
+            # changes the last look could not see yet: made by transactions that were in
+            # progress then (``xip``) or had not begun (ids from ``xmax`` on); read as one
+            # range from the oldest of them, and the rest (seen before) skipped here
+            since = min([xmax, *xip])
+            fresh = set(xip)
+            cur = _cursor(_driver(conn))
+            rows = cur.execute(_LOOK_PG, {"ids": ids, "since": since, "rid": referral_id},
+                               prepare=True).fetchall()  # ids sent binary: %(ids)b
+            if sum(1 for row in rows if row[0] == 1) >= CHANGES_PER_LOOK:
+                rows += [(1, sid, None, None, None, None, None, None, xact, None)
+                         for sid, xact in cur.execute(_CHANGES_SINCE_PG,
+                                                      {"since": since}).fetchall()]
+            for row in rows:
+                kind = row[0]
+                if kind == 0:
+                    look.loads[row[1]] = row[2:8]
+                elif kind == 1:
+                    if row[8] >= xmax or row[8] in fresh:
+                        look.changes.append((row[1], row[8]))
+                elif kind == 2:
+                    look.tried.add(row[1])
+                else:
+                    look.snapshot = _parse_snapshot(row[9])
+            return look
+        if ids:
+            look.loads.update(self._read_loads(session, ids))
+        look.changes = [(r[0], r[1]) for r in conn.execute(_CHANGES_SINCE, {"xmax": xmax})]
+        if referral_id is not None:
+            look.tried = {r[0] for r in conn.execute(_TRIED, {"rid": referral_id})}
+        return look
+
+    @staticmethod
+    def _read_loads(session: Session, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        rows = session.connection().execute(_LOAD_BY_ID, {"ids": ids})
+        return {r[0]: tuple(r[1:7]) for r in rows}
+
+    def _catch_up(self, session: Session, look: _Look, overlay: dict[str, Entry | None]
+                  ) -> bool:
+        """Apply what changed since the last look; True if memory changed."""
+        assert self._snapshot is not None
+        pending = {sid for sid, xact in look.changes if sid not in overlay
+                   and ((held := self._entries.get(sid)) is None or held.xact != xact)}
+        pending |= self._recheck - overlay.keys()
+        if pending:
+            self._reread(session, sorted(pending))
+            self._recheck -= pending
+        if look.snapshot is not None:  # PostgreSQL
+            self._snapshot = look.snapshot
+        else:  # SQLite: a counter; the transaction's own (uncommitted) rows excluded
+            seen = [xact for sid, xact in look.changes if sid not in overlay]
+            self._snapshot = (max([self._snapshot[0], *(x + 1 for x in seen)]), [])
+        return bool(pending)
+
+    def _reread(self, session: Session, ids: list[str]) -> None:
+        conn = session.connection()
+        if self._pg(session):
+            with _driver(conn).cursor() as cur:
+                rows = cur.execute(_ROWS_BY_ID_PG, {"ids": ids}).fetchall()
+        else:
+            rows = list(conn.execute(_ROWS_BY_ID, {"ids": ids}))
+        got = set()
+        for row in rows:
+            sid, snapshot = row[0], row[1:]
+            got.add(sid)
+            if snapshot[0] is None:
+                self._drop(sid)
+            else:
+                self._put(make_entry(self._parser.candidate(snapshot), int(snapshot[16])))
+        for sid in set(ids) - got:  # not stored (any more)
+            self._drop(sid)
+
+    def _ensure_loaded(self, session: Session, overlay: dict[str, Entry | None]) -> None:
+        bind = session.get_bind()
+        if self._snapshot is not None and self._bound is bind:
+            return
+        self._clear()
+        self._bound = bind
+        conn = session.connection()
+        collecting = gc.isenabled()
+        gc.disable()  # millions of new long-lived objects: no point scanning them meanwhile
+        try:
+            if self._pg(session):
+                snap = conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
+                with _driver(conn).cursor() as cur:
+                    rows = cur.execute(_ALL_ROWS).fetchall()
+            else:
+                rows = list(conn.exec_driver_sql(_ALL_ROWS))
+            top = 0
+            for row in rows:
+                if row[0] in overlay:  # this transaction's own version: re-read after it
+                    self._recheck.add(row[0])
+                    continue
+                xact = int(row[16])
+                top = max(top, xact)
+                self._put(make_entry(self._parser.candidate(row), xact))
+            self._snapshot = _parse_snapshot(snap) if self._pg(session) else (top + 1, [])
+            self.loads += 1
+        except BaseException:
+            self._clear()
+            raise
+        finally:
+            if collecting:
+                gc.enable()
+
+    # --- memory ------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._buckets.clear()
+        self._canon.clear()
+        self._counts.clear()
+        self._snapshot = None
+
+    def _put(self, entry: Entry) -> None:
+        sid = entry.candidate.service_id
+        self._drop(sid)
+        self._entries[sid] = entry
+        canon = self._canon  # one key object per bucket, shared by its services (memory)
+        entry.keys = tuple(canon.setdefault(key, key) for key in entry.keys)
+        for key in entry.keys:
+            self._buckets.setdefault(key, {})[sid] = entry.probe
+        counts = self._counts
+        counts[ALL] = counts.get(ALL, 0) + 1
+        for category in entry.candidate.categories:
+            counts[category] = counts.get(category, 0) + 1
+
+    def _drop(self, sid: str) -> None:
+        entry = self._entries.pop(sid, None)
+        if entry is None:
+            return
+        for key in entry.keys:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.pop(sid, None)
+                if not bucket:
+                    del self._buckets[key]
+                    self._canon.pop(key, None)
+        counts = self._counts
+        counts[ALL] -= 1
+        for category in entry.candidate.categories:
+            counts[category] -= 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _driver(conn: Any) -> Any:
+    """The psycopg connection under a SQLAlchemy one."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    return raw
+
+
+_CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _cursor(driver_connection: Any) -> Any:
+    """The binary cursor of the per-decision statement, one per database connection (kept:
+    making one cost a third of running the statement; binary rows cost a third less than
+    text for ~50 candidates). A connection serves one session at a time."""
+    cur = _CURSORS.get(driver_connection)
+    if cur is None or cur.closed:
+        cur = _CURSORS[driver_connection] = driver_connection.cursor(binary=True)
+    return cur
+
+
+def _parse_snapshot(raw: str) -> tuple[int, list[int]]:
+    """``pg_current_snapshot()`` text (``xmin:xmax:xip,...``) as (xmax, xip)."""
+    _xmin, xmax, xip = raw.split(":")
+    return int(xmax), [int(x) for x in xip.split(",") if x]
