@@ -40,14 +40,19 @@ def _tables(session: Session) -> tuple[Table, Table]:
     return md.tables["outbox"], md.tables["event_sequence"]
 
 
+_NEXT_SEQUENCE: dict[tuple[str, int], Any] = {}
+
+
 def next_sequence(session: Session, subject: str) -> int:
     """Atomically take the next per-aggregate sequence number (row-locked until commit)."""
     _, seq = _tables(session)
-    stmt = upsert(session, seq).values(subject=subject, last_sequence=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[seq.c.subject], set_={"last_sequence": seq.c.last_sequence + 1}
-    ).returning(seq.c.last_sequence)
-    return int(session.execute(stmt).scalar_one())
+    key = (session.get_bind().dialect.name, id(seq))
+    stmt = _NEXT_SEQUENCE.get(key)
+    if stmt is None:  # built once per table and dialect: every emit takes a sequence
+        stmt = _NEXT_SEQUENCE[key] = upsert(session, seq).on_conflict_do_update(
+            index_elements=[seq.c.subject], set_={"last_sequence": seq.c.last_sequence + 1}
+        ).returning(seq.c.last_sequence)
+    return int(session.execute(stmt, {"subject": subject, "last_sequence": 1}).scalar_one())
 
 
 def emit(session: Session, event_type: str, *, subject: str, data: dict[str, Any],
@@ -105,10 +110,10 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
 def add(session: Session, env: events.Envelope) -> None:
     outbox, _ = _tables(session)
     headers = [[k, v.decode()] for k, v in events.headers_for(env, None)]
-    session.execute(outbox.insert().values(
-        event_id=env.id, topic=env.topic, key=env.subject, event_type=env.type,
-        payload=events.encode(env), headers=headers, created_at=datetime.now(timezone.utc),
-    ))
+    session.execute(outbox.insert(), {
+        "event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
+        "payload": events.encode(env), "headers": headers,
+        "created_at": datetime.now(timezone.utc)})
 
 
 class OutboxRelay:
