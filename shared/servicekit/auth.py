@@ -10,7 +10,9 @@ client (never the token or its claims). The web module turns it into problem+jso
 """
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +37,7 @@ ASYMMETRIC_ALGORITHMS = frozenset({
 })
 LEEWAY_SECONDS = 30
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 4096  # verified tokens remembered per verifier (FIFO beyond that)
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "role", "iss", "aud"]
 _AGENCY_ROLES = ("officer", "supervisor")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
@@ -160,6 +163,7 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         algorithms: Iterable[str],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         allowed = frozenset(algorithms)
         if not allowed:
@@ -170,6 +174,14 @@ class TokenVerifier:
         if not self._keys:
             raise ValueError("at least one public key is required")
         self._issuer, self._audience, self._algorithms = issuer, audience, allowed
+        # Verified tokens: sha256(token) -> (principal, iat, nbf, exp). Signature, header,
+        # issuer, audience and claims of a token never change, and the keys of a verifier are
+        # fixed, so only the time checks are repeated on a hit, exactly as pyjwt makes them.
+        # Only successes are remembered: a bad token is verified (and answered 401, which the
+        # auth-failure limiter counts) every time.
+        self._clock = clock
+        self._verified: dict[bytes, tuple[Principal, int, int | None, int]] = {}
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -188,9 +200,44 @@ class TokenVerifier:
         )
 
     def verify(self, token: str) -> Principal:
-        """Return the principal of a valid token; raise :class:`AuthError` otherwise."""
+        """Return the principal of a valid token; raise :class:`AuthError` otherwise.
+
+        A token verified before is not verified again while it is valid: its signature and
+        claims cannot have changed, and its ``iat``/``nbf``/``exp`` are checked against the
+        clock on every call with pyjwt's own comparisons and leeway (an expired token is
+        refused as "token expired" from then on, cached or not).
+        """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest() \
+            if token and len(token) <= MAX_TOKEN_BYTES else None
+        if digest is not None:
+            hit = self._verified.get(digest)
+            if hit is not None:
+                principal, iat, nbf, exp = hit
+                now = self._clock()
+                if exp <= now - LEEWAY_SECONDS:
+                    with self._verified_lock:
+                        self._verified.pop(digest, None)
+                    raise AuthError("token expired")
+                if iat <= now + LEEWAY_SECONDS and (nbf is None or nbf <= now + LEEWAY_SECONDS):
+                    return principal
         algorithm = self._checked_algorithm(token)
-        return principal_from_claims(self._decode(token, algorithm))
+        claims = self._decode(token, algorithm)
+        principal = principal_from_claims(claims)
+        if digest is not None:
+            self._remember(digest, principal, claims)
+        return principal
+
+    def _remember(self, digest: bytes, principal: Principal, claims: dict[str, Any]) -> None:
+        try:  # the integers pyjwt compared (it accepted these claims just now)
+            entry = (principal, int(claims["iat"]),
+                     None if claims.get("nbf") is None else int(claims["nbf"]),
+                     int(claims["exp"]))
+        except (TypeError, ValueError, OverflowError):
+            return
+        with self._verified_lock:
+            while len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))  # the oldest entry
+            self._verified[digest] = entry
 
     def _checked_algorithm(self, token: str) -> str:
         if not token:

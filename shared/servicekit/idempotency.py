@@ -65,9 +65,31 @@ def _replay(stored: Stored, digest: str) -> Response:
     return resp
 
 
+class Answer:
+    """The Idempotency-Key row of a command that writes it itself, together with its other
+    rows (``run(..., writes_key=True)``): one statement less, the same guarantees."""
+
+    def __init__(self, principal: str, key: str | None, request_hash: str) -> None:
+        self.principal, self.key, self.request_hash = principal, key, request_hash
+        self.status: int | None = None
+        self.text = ""
+
+    def __call__(self, status: int, body: dict[str, Any], resource_id: str | None
+                 ) -> dict[str, Any] | None:
+        """Fix the answer; returns the key row (every column of ``idempotency_key``) that the
+        command must write in its transaction, or None when the request has no key."""
+        self.status, self.text = status, json.dumps(body, default=json_default)
+        if self.key is None:
+            return None
+        return {"principal": self.principal, "key": self.key,
+                "request_hash": self.request_hash, "status_code": status,
+                "response_body": self.text, "resource_id": resource_id,
+                "created_at": datetime.now(timezone.utc)}  # noqa: UP017 - as below
+
+
 def run(db: Database, *, principal: str, key: str | None, payload: Any,
-        work: Callable[[Session], tuple[int, dict[str, Any], str | None]],
-        check_first: bool = True) -> Response:
+        work: Callable[..., Any], check_first: bool = True,
+        writes_key: bool = False) -> Response:
     """Run ``work(session) -> (status, body, resource_id)`` at most once per (principal, key).
 
     ``work`` must not commit; this function commits its effects together with the stored
@@ -77,6 +99,10 @@ def run(db: Database, *, principal: str, key: str | None, payload: Any,
     key's primary key decide. A duplicate then fails on the key INSERT (or ``work`` fails),
     the transaction rolls back whole, and the stored answer is replayed; one statement less
     per request, the same guarantees (nothing of the losing attempt is committed).
+
+    ``writes_key=True``: ``work(session, answer)`` calls ``answer(status, body, resource_id)``
+    once, before its last write, and writes the row it returns (if any) to the
+    ``idempotency_key`` table in that write; a duplicate then fails inside ``work``.
     """
     digest = body_hash(payload)
     for attempt in range(2):
@@ -85,24 +111,34 @@ def run(db: Database, *, principal: str, key: str | None, payload: Any,
                 stored = _lookup(uow.session, principal, key)
                 if stored is not None:
                     return _replay(stored, digest)
+            answer = Answer(principal, key, digest) if writes_key else None
             try:
-                status, body, resource_id = work(uow.session)
-            except Exception:
-                if key is None or check_first or attempt > 0:
+                if answer is not None:
+                    work(uow.session, answer)
+                    if answer.status is None:
+                        raise RuntimeError("writes_key=True: work never gave its answer")
+                    status, text = answer.status, answer.text
+                else:
+                    status, body, resource_id = work(uow.session)
+            except Exception as error:
+                # the key's INSERT is part of ``work`` when it writes the key itself
+                lost_race = writes_key and isinstance(error, IntegrityError)
+                if key is None or attempt > 0 or (check_first and not lost_race):
                     raise
                 uow.rollback()
                 stored = _lookup(uow.session, principal, key)
                 if stored is not None:  # a retry whose first attempt already committed
                     return _replay(stored, digest)
                 raise
-            text = json.dumps(body, default=json_default)
             try:
-                if key is not None:
-                    t = uow.session.info["metadata"].tables["idempotency_key"]
-                    uow.session.execute(t.insert().values(
-                        principal=principal, key=key, request_hash=digest, status_code=status,
-                        response_body=text, resource_id=resource_id,
-                        created_at=datetime.now(timezone.utc)))
+                if answer is None:
+                    text = json.dumps(body, default=json_default)
+                    if key is not None:
+                        t = uow.session.info["metadata"].tables["idempotency_key"]
+                        uow.session.execute(t.insert().values(
+                            principal=principal, key=key, request_hash=digest,
+                            status_code=status, response_body=text, resource_id=resource_id,
+                            created_at=datetime.now(timezone.utc)))
                 uow.commit()
             except IntegrityError:
                 uow.rollback()

@@ -13,12 +13,13 @@ import re
 import time
 import uuid
 from datetime import date, datetime
+from types import FunctionType
 from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api, Blueprint
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
@@ -37,6 +38,7 @@ OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 # being retried from every later quote: linear time on hostile input) or a bracket.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 PROBLEM_JSON = "application/problem+json"
+MAX_CACHED_LABEL_SETS = 1000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "endpoint", "method",
@@ -114,6 +116,14 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
+def too_deep(body: bytes) -> bool:
+    """``json_depth(body) > MAX_JSON_DEPTH``; a body with no more opening brackets than that
+    (strings included) cannot nest deeper, so it is not scanned."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    return json_depth(body) > MAX_JSON_DEPTH
+
+
 def validation_problem(messages: Any) -> Response:
     if isinstance(messages, dict) and set(messages) <= {"json", "query", "headers", "form",
                                                         "files", "path", "view_args"}:
@@ -134,6 +144,21 @@ class StrictParser(FlaskParser):  # type: ignore[misc]
 
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None,
                                    "querystring": None}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._instances: dict[type[Schema], Schema] = {}
+
+    def _get_schema(self, argmap: Any, req: Any) -> Schema:
+        """One instance per schema class, built on first use: flask-smorest hands webargs
+        the class, and webargs would build it (deep-copying every field, nested schemas
+        included) on every request. Loading does not change a schema, so sharing is safe."""
+        if isinstance(argmap, type) and issubclass(argmap, Schema):
+            schema = self._instances.get(argmap)
+            if schema is None:
+                schema = self._instances.setdefault(argmap, argmap())
+            return schema
+        return super()._get_schema(argmap, req)  # type: ignore[no-any-return]
 
 
 Blueprint.ARGUMENTS_PARSER = StrictParser()
@@ -158,11 +183,29 @@ class ProblemApi(Api):  # type: ignore[misc]
                                 headers=dict(data.get("headers", {})))
 
 
+class ServiceFlask(Flask):
+    """Flask, remembering which hooks and views are plain functions: Flask asks
+    ``inspect.iscoroutinefunction`` of every hook and view on every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: set[Any] = set()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if type(func) is FunctionType and func in self._sync_functions:
+            return func
+        wrapped = super().ensure_sync(func)
+        # plain functions only (bound methods are made per call), and never without bound
+        if wrapped is func and type(func) is FunctionType and len(self._sync_functions) < 10_000:
+            self._sync_functions.add(func)
+        return wrapped
+
+
 def create_base_app(service: str, *, version: str = "1.0", readiness: list[Callable[[], None]]
                     | None = None, non_json_endpoints: tuple[str, ...] = (),
                     auth_failure_limit: int = 20, auth_failure_window_s: int = 60
                     ) -> tuple[Flask, Api]:
-    app = Flask(service)
+    app = ServiceFlask(service)
     app.json = IsoJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -186,6 +229,10 @@ def create_base_app(service: str, *, version: str = "1.0", readiness: list[Calla
 
 
 def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) -> None:
+    # metric children by label values (endpoints are url rules, so these stay small)
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[tuple[str, str], Any] = {}
+
     @app.before_request
     def _start() -> Response | None:
         g.started = time.perf_counter()
@@ -210,7 +257,7 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
             if has_body and not request.is_json:
                 return problem_response(415, "Unsupported Media Type",
                                         "Content-Type must be application/json")
-            if has_body and json_depth(request.get_data(cache=True)) > MAX_JSON_DEPTH:
+            if has_body and too_deep(request.get_data(cache=True)):
                 return problem_response(400, "Bad Request",
                                         f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                                         type_="/problems/malformed-json")
@@ -220,17 +267,22 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
     def _finish(resp: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        REQUESTS.labels(service, endpoint, request.method, str(resp.status_code)).inc()
-        LATENCY.labels(service, endpoint, request.method).observe(elapsed)
+        method, status = request.method, resp.status_code
+        counter = counters.get((endpoint, method, status))
+        if counter is None:  # labels() validates and locks: looked up once per label set
+            counter = REQUESTS.labels(service, endpoint, method, str(status))
+            if len(counters) < MAX_CACHED_LABEL_SETS:  # methods come from clients
+                counters[(endpoint, method, status)] = counter
+        timer = timers.get((endpoint, method))
+        if timer is None:
+            timer = LATENCY.labels(service, endpoint, method)
+            if len(timers) < MAX_CACHED_LABEL_SETS:
+                timers[(endpoint, method)] = timer
+        counter.inc()
+        timer.observe(elapsed)
         if resp.status_code == 401:
             app.extensions["auth_limiter"].record_failure(request.remote_addr or "")
-        resp.headers["X-Request-ID"] = logs.request_id.get() or ""
-        resp.headers["X-Correlation-ID"] = logs.correlation_id.get() or ""
-        resp.headers.setdefault("Cache-Control", "no-store")
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        resp.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        _set_headers(resp, logs.request_id.get() or "", logs.correlation_id.get() or "")
         if endpoint not in ("/metrics", "/healthz", "/readyz"):
             log.info("request", extra=logs.log_fields(
                 method=request.method, endpoint=endpoint, status=resp.status_code,
@@ -243,6 +295,29 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
         if tokens:
             logs.request_id.reset(tokens[0])
             logs.correlation_id.reset(tokens[1])
+
+
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
+
+
+def _set_headers(resp: Response, request_id: str, correlation_id: str) -> None:
+    """The ids, ``Cache-Control: no-store`` unless set, and the security headers, as
+    ``resp.headers[name] = value`` would set them, with one pass over the headers already
+    there instead of one per header (werkzeug scans and lowercases them all on each set)."""
+    headers = resp.headers
+    present = {name.lower() for name, _ in headers.items()}
+    for name, value in (("X-Request-ID", request_id), ("X-Correlation-ID", correlation_id),
+                        *_SECURITY_HEADERS):
+        if name.lower() in present:
+            headers[name] = value
+        else:
+            headers.add(name, value)
+    if "cache-control" not in present:
+        headers.add("Cache-Control", "no-store")
 
 
 def _install_error_handlers(app: Flask) -> None:

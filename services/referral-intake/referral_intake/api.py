@@ -88,6 +88,25 @@ def _without_pii(body: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(body, default=str))  # type: ignore[no-any-return]
 
 
+_SUBMITTED_FIELDS = ("id", "short_id", "need", "urgency", "status", "created_at", "consent",
+                     "provider", "outcome_code")  # FullReferralOut's order
+
+
+def _submitted_answer(view: dict[str, Any]) -> dict[str, Any]:
+    """``_without_pii(view)`` of a new referral's view (``views.submitted_view``: ids, codes,
+    the consent record and ``created_at``, never PII), without the schema's dump and the
+    JSON round trip: ``created_at`` as the schema's ISO form, ``consent.captured_at`` as
+    ``str()`` (json's ``default=str``). A test holds it equal to ``_without_pii``."""
+    if set(view) - set(_SUBMITTED_FIELDS):
+        return _without_pii(view)  # not the shape this shortcut knows
+    out = {k: view[k] for k in _SUBMITTED_FIELDS if k in view}
+    out["created_at"] = out["created_at"].isoformat()
+    consent = out["consent"] = dict(out["consent"])
+    consent["contact_methods"] = list(consent["contact_methods"])
+    consent["captured_at"] = str(consent["captured_at"])
+    return out
+
+
 def run_command(work: Callable[[Any], dict[str, Any]], status: int = 200,
                 replayable: bool = True) -> Response:
     """Run a state-changing command once per Idempotency-Key, committing its effects.
@@ -125,14 +144,16 @@ def create_referral(body: dict[str, Any]) -> Response:
     """Submit a referral (officer). Retries with the same Idempotency-Key never duplicate."""
     principal = current_principal()
 
-    def work(session: Any) -> tuple[int, dict[str, Any], str]:
-        view = handlers.submit_referral(session, _ctx(), principal, body)
-        return 201, _without_pii(view), view["id"]
+    def work(session: Any, answer: idempotency.Answer) -> None:
+        # the key row is written in the referral's own statement (handlers.submit_referral)
+        handlers.submit_referral(session, _ctx(), principal, body, answer=lambda view, rid:
+                                 answer(201, _submitted_answer(view), rid))
 
     try:
         return idempotency.run(_db(), principal=f"{principal.role}:{principal.sub}",
                                key=idempotency.request_key(), payload=request.get_json(),
-                               work=work, check_first=False)  # new keys are the rule
+                               work=work, check_first=False,  # new keys are the rule
+                               writes_key=True)
     except _EXPECTED as error:
         return translate(error)
 

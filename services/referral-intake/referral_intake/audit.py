@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from servicekit import events
 from servicekit.auth import Principal
-from servicekit.db import locked, write_all
 
+from . import sql
 from .tables import audit_head, audit_log
 
 GENESIS = "0" * 64
@@ -50,8 +50,45 @@ def record(session: Session, key: bytes, *, actor: Principal | None, action: str
     ``purpose`` is a short code (never free text: it is stored in clear).
     """
     chain = chain_of(subject_id)
-    head = session.execute(locked(session, select(audit_head).where(audit_head.c.id == chain))
-                           ).one()
+    row = entry(key, lock_head(session, chain), chain=chain, actor=actor, action=action,
+                purpose=purpose, fields=fields, referral_id=referral_id, subject_id=subject_id,
+                outcome=outcome, now=now)
+    # the row and the new head in one round trip (the head stays locked until commit)
+    sql.execute_all(session, [APPEND, ADVANCE], sql.bound(PREFIX, row))
+    return int(row["seq"])
+
+
+# Prebuilt (compiled once): the entry and the head it advances, bound to ``entry``'s row
+# with ``sql.bound(PREFIX, row)``.
+PREFIX = "a_"
+
+
+def appender(**shared: Any) -> Any:
+    """The INSERT of one entry, its columns bound to ``a_<column>``, or to the expressions
+    given in ``shared`` (parameters a combined statement shares; they must hold the same
+    values as the entry's row, which its hash covers)."""
+    return sql.insert_bound(audit_log, PREFIX, [c.name for c in audit_log.c], **shared)
+
+
+APPEND = appender()
+ADVANCE = (update(audit_head).where(audit_head.c.id == bindparam("a_chain"))
+           .values(seq=bindparam("a_seq"), hash=bindparam("a_hash")))
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == bindparam("chain"))
+_HEAD_LOCKED = _HEAD.with_for_update()
+
+
+def lock_head(session: Session, chain: int) -> Any:
+    """Lock chain ``chain``'s head until commit; returns its (seq, hash)."""
+    query = _HEAD_LOCKED if session.get_bind().dialect.name == "postgresql" else _HEAD
+    return session.connection().execute(query, {"chain": chain}).one()
+
+
+def entry(key: bytes, head: Any, *, chain: int, actor: Principal | None, action: str,
+          purpose: str, fields: Iterable[str] = (), referral_id: str | None = None,
+          subject_id: str | None = None, outcome: str = "ok",
+          now: datetime | None = None) -> dict[str, Any]:
+    """The next entry of ``chain`` after its locked ``head``: every column of ``audit_log``
+    (the parameters of ``APPEND`` and ``ADVANCE``)."""
     row = {
         "chain": chain, "seq": int(head.seq) + 1,
         "occurred_at": events.format_time(now or datetime.now(UTC)),
@@ -61,11 +98,7 @@ def record(session: Session, key: bytes, *, actor: Principal | None, action: str
     }
     row["prev_hash"] = head.hash
     row["hash"] = _digest(key, head.hash, row)
-    # the row and the new head in one round trip (the head stays locked until commit)
-    write_all(session, [audit_log.insert().values(**row),
-                        update(audit_head).where(audit_head.c.id == chain)
-                        .values(seq=row["seq"], hash=row["hash"])])
-    return int(row["seq"])
+    return row
 
 
 def chain_of(subject_id: str | None) -> int:

@@ -7,20 +7,21 @@ and one ``referral.status_changed`` event per change, all in the caller's transa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, bindparam, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from servicekit import crypto, events, geo, outbox
+from servicekit import crypto, events, geo, logs, outbox
 from servicekit.auth import Principal
 from servicekit.consumer import PermanentError
 from servicekit.db import locked, upsert, write_all
 
-from . import domain, vault
-from .tables import consents, offers, referrals, services, subjects, timeline
+from . import domain, sql, vault
+from .tables import consents, metadata, offers, referrals, services, subjects, timeline
 
 SOURCE = "referral-intake"
 PII_FIELDS = vault.SUBJECT_FIELDS
@@ -88,13 +89,21 @@ def _shared_subject(session: Session, principal: Principal, body: dict[str, Any]
 
 
 def submit_referral(session: Session, ctx: Context, principal: Principal,
-                    body: dict[str, Any]) -> dict[str, Any]:
-    """Store a new referral (PII encrypted, audited) and emit ``referral.submitted``."""
+                    body: dict[str, Any],
+                    answer: Callable[[dict[str, Any], str], dict[str, Any] | None] | None = None
+                    ) -> dict[str, Any]:
+    """Store a new referral (PII encrypted, audited) and emit ``referral.submitted``.
+
+    ``answer(view, referral_id)`` (the Idempotency-Key's answer, see
+    ``idempotency.run(..., writes_key=True)``) returns the key row to write with the
+    referral, or None. On PostgreSQL the whole submission is two statements: the audit
+    chain's head is locked and read, then subject, referral, consent, timeline, event
+    sequence, outbox event, audit entry, chain head and key row go in one statement.
+    """
     from . import audit, views
 
     now = _now()
     referral_id = str(uuid.uuid4())
-    writes: list[Any] = []  # the new rows, sent in one round trip (db.write_all)
     if body.get("same_subject_as"):
         subject_id, _, other = _shared_subject(session, principal, body)
         dek = vault.data_key(session, ctx.keysource, subject_id)
@@ -103,10 +112,10 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         coarse = {"geohash": other.geohash, "lat": other.coarse_lat, "lon": other.coarse_lon}
         eligibility = dict(other.eligibility, flags=sorted(set(body.get("flags", []))))
         written: list[str] = []
+        subject_row = None
     else:
-        subject_id, dek, written, insert_subject = vault.subject_insert(
+        subject_id, dek, written, subject_row = vault.subject_row(
             ctx.keysource, body["subject"], body["location"], now)
-        writes.append(insert_subject)
         coarse = dict(geo.coarsen(body["location"]["lat"], body["location"]["lon"]))
         eligibility = _eligibility(body, now.date())
     notes = body.get("notes")
@@ -120,30 +129,114 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         notes_ct=None if not notes else vault.seal(dek, notes, "referrals", "notes",
                                                    referral_id),
     )
-    writes.append(referrals.insert().values(**row))
     consent = body["consent"]
-    writes.append(consents.insert().values(
+    consent_row = dict(  # noqa: C408
         referral_id=referral_id, share_with_provider=consent["share_with_provider"],
         referrer_updates=consent["referrer_updates"],
         contact_methods=sorted(set(consent.get("contact_methods", []))),
         obtained_via=consent["obtained_via"], captured_by=principal.sub, captured_at=now,
-        expires_at=consent.get("expires_at")))
-    writes.append(timeline.insert().values(referral_id=referral_id, from_status=None,
-                                           to_status="submitted", actor_role="officer",
-                                           occurred_at=now))
-    write_all(session, writes)
-    outbox.emit(session, events.REFERRAL_SUBMITTED, subject=referral_id, source=SOURCE, data={
-        "referral_id": referral_id, "short_id": row["short_id"], "need": row["need"],
-        "urgency": row["urgency"], "coarse_location": coarse,
-        "eligibility": {k: v for k, v in eligibility.items() if v is not None},
-        "consent": consent_summary(consent), "agency_id": principal.agency,
+        expires_at=consent.get("expires_at"))
+    env = events.new_event(  # a new aggregate: its first event is sequence 1
+        events.REFERRAL_SUBMITTED, subject=referral_id, sequence=1, source=SOURCE,
+        correlation_id=logs.correlation_id.get(), causation_id=logs.causation_id.get(),
+        data=submitted_data(row, coarse, eligibility, consent, now),
+        trusted=subject_row is not None and _AGENCY_ID_MAX >= len(principal.agency or ""))
+    view = views.submitted_view(row, consent, now)
+    key_row = answer(view, referral_id) if answer is not None else None
+    event = outbox_row(env)
+    params = {"rid": referral_id, "sid": subject_id, "now": now, "sub": principal.sub,
+              **sql.bound("r_", row), **sql.bound("c_", consent_row),
+              **sql.bound("o_", event)}
+    if subject_row is not None:
+        params.update(sql.bound("s_", subject_row))
+    if key_row is not None:
+        params.update(sql.bound("k_", key_row))
+    # last before the commit, so the audit chain's head stays locked only for one write
+    chain = audit.chain_of(subject_id)
+    params.update(sql.bound(audit.PREFIX, audit.entry(
+        ctx.audit_key, audit.lock_head(session, chain), chain=chain, actor=principal,
+        action="write", purpose="intake", fields=written + (["notes"] if notes else []),
+        referral_id=referral_id, subject_id=subject_id, now=now)))
+    sql.execute_all(session, _SUBMIT[subject_row is not None, key_row is not None], params)
+    return view
+
+
+_AGENCY_ID_MAX = 200  # events._id(): agency ids of longer token claims go through marshmallow
+
+
+def submitted_data(row: dict[str, Any], coarse: dict[str, Any], eligibility: dict[str, Any],
+                   consent: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """``referral.submitted`` data exactly as the contract's schema loads and dumps it (its
+    field order, defaults filled in), so a submission from a validated request body may skip
+    that second validation (``new_event(..., trusted=True)``): every value is one the
+    request schema (``ReferralCreateIn``: the same vocabularies, age 0-120, a non-empty
+    gender of at most 40 characters, a language tag) or this service (ids, the pseudonym,
+    the coarsened cell, times) already guarantees; the agency id comes from the token, and
+    longer ones than the contract allows are validated in full. A test compares this with
+    the fully validated form for a matrix of bodies.
+    """
+    return {
+        "referral_id": row["id"], "short_id": row["short_id"], "need": row["need"],
+        "urgency": row["urgency"],
+        "coarse_location": {"geohash": coarse["geohash"], "lat": coarse["lat"],
+                            "lon": coarse["lon"]},
+        "eligibility": {"age": eligibility.get("age"), "age_band": eligibility.get("age_band"),
+                        "gender": eligibility.get("gender"),
+                        "preferred_language": eligibility.get("preferred_language"),
+                        "needs_interpreter": bool(eligibility.get("needs_interpreter", False)),
+                        "flags": list(eligibility.get("flags", []))},
+        "consent": consent_summary(consent), "agency_id": row["agency_id"],
         "officer_ref": row["officer_ref"], "submitted_at": now,
-    })
-    # last, so the audit chain's head stays locked only until the commit that follows
-    audit.record(session, ctx.audit_key, actor=principal, action="write", purpose="intake",
-                 fields=written + (["notes"] if notes else []), referral_id=referral_id,
-                 subject_id=subject_id, now=now)
-    return views.submitted_view(row, consent, now)
+    }
+
+
+def outbox_row(env: events.Envelope) -> dict[str, Any]:
+    """The outbox row of ``env`` as ``servicekit.outbox.add`` writes it (``created_at``
+    aside: the submission's own time)."""
+    return {"event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
+            "payload": events.encode(env),
+            "headers": [[k, v.decode()] for k, v in events.headers_for(env, None)]}
+
+
+def _submit_statements() -> dict[tuple[bool, bool], list[Any]]:
+    """The statements of a submission by (new subject?, Idempotency-Key?), built once.
+
+    The referral's id, the subject's id, the time and the officer appear in several rows:
+    each is one shared parameter (``rid``, ``sid``, ``now``, ``sub``), so that the combined
+    statement stays within the parameter count whose parsing psycopg caches
+    (``psycopg._queries.MAX_CACHED_STATEMENT_PARAMS``; a test keeps it so).
+    """
+    from . import audit
+
+    kit = metadata.tables
+    rid, sid = bindparam("rid", type_=referrals.c.id.type), bindparam("sid", type_=String(36))
+    now = bindparam("now", type_=referrals.c.created_at.type)
+    sub = bindparam("sub", type_=referrals.c.officer_sub.type)
+    new_subject = sql.insert_bound(subjects, "s_", vault.SUBJECT_COLUMNS, id=sid,
+                                   created_at=now)
+    rows = [
+        sql.insert_bound(referrals, "r_", [
+            "short_id", "need", "urgency", "agency_id", "officer_ref", "geohash",
+            "coarse_lat", "coarse_lon", "eligibility", "notes_ct"],
+            id=rid, subject_id=sid, status=literal_column("'submitted'"), officer_sub=sub,
+            created_at=now, updated_at=now),
+        sql.insert_bound(consents, "c_", [
+            "share_with_provider", "referrer_updates", "contact_methods", "obtained_via",
+            "expires_at"], referral_id=rid, captured_by=sub, captured_at=now),
+        insert(timeline).values(referral_id=rid, to_status=literal_column("'submitted'"),
+                                actor_role=literal_column("'officer'"), occurred_at=now),
+        # the aggregate's first sequence number (a plain INSERT: the id was made just now)
+        insert(kit["event_sequence"]).values(subject=rid, last_sequence=literal_column("1")),
+        sql.insert_bound(kit["outbox"], "o_", ["event_id", "topic", "event_type", "payload",
+                                               "headers"], key=rid, created_at=now),
+        audit.appender(referral_id=rid, subject_id=sid, actor=sub),
+    ]
+    key = sql.insert_bound(kit["idempotency_key"], "k_", [
+        "principal", "key", "request_hash", "status_code", "response_body"],
+        resource_id=rid, created_at=now)
+    return {(subject, keyed): ([new_subject] if subject else []) + rows
+            + ([key] if keyed else []) + [audit.ADVANCE]
+            for subject in (True, False) for keyed in (True, False)}
 
 
 def consent_summary(consent: Any) -> dict[str, Any]:
@@ -304,3 +397,6 @@ def subject_referrals(session: Session, subject_id: str) -> list[Any]:
 def is_erased(session: Session, subject_id: str) -> bool:
     return session.execute(select(subjects.c.wrapped_key).where(
         subjects.c.id == subject_id)).scalar() is None
+
+
+_SUBMIT = _submit_statements()

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import (
+    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -12,6 +13,9 @@ from marshmallow import (
     validates,
     validates_schema,
 )
+from marshmallow.decorators import POST_LOAD, PRE_LOAD, VALIDATES_SCHEMA
+from marshmallow.error_store import ErrorStore
+from marshmallow.utils import missing
 
 from servicekit import events
 from servicekit.schemas import LANGUAGE_TAG, PageArgs, Strict
@@ -20,16 +24,69 @@ E164 = validate.Regexp(r"^\+[1-9]\d{6,14}$", error="Not an E.164 phone number (+
 NAME = validate.Length(min=1, max=100)
 
 
-class SubjectIn(Strict):
+class FastLoad(Strict):
+    """``load`` of a valid body without marshmallow's per-load bookkeeping (error store,
+    getter closures, partial and unknown handling): each field's own ``deserialize`` and the
+    schema's own ``@validates``/``@validates_schema`` hooks, in marshmallow's order. Anything
+    else (an error, ``many``, ``partial``, an unknown field, another ``unknown`` mode, load
+    processors, ``data_key``/``attribute``) takes marshmallow's ``load``, which also words
+    the errors. Nested schemas of this kind take the same shortcut. About half of a
+    POST /v1/referrals body's validation CPU; a test holds it equal to ``Schema.load``."""
+
+    def load(self, data: Any, *, many: bool | None = None, partial: Any = None,
+             unknown: str | None = None) -> Any:
+        if not (many or self.many or partial or self.partial) and \
+                (self.unknown if unknown is None else unknown) == RAISE and type(data) is dict:
+            loaded = self._load_plain(data)
+            if loaded is not None:
+                return loaded
+        return super().load(data, many=many, partial=partial, unknown=unknown)
+
+    def _load_plain(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        plain = self.__dict__.get("_plain_fields")
+        if plain is None:
+            plain = self.__dict__["_plain_fields"] = None if (
+                self._hooks[PRE_LOAD] or self._hooks[POST_LOAD] or any(
+                    f.data_key is not None or f.attribute is not None
+                    for f in self.load_fields.values())) else tuple(self.load_fields.items())
+        if not plain or not data.keys() <= self.load_fields.keys():
+            return None
+        out = self.dict_class()
+        try:
+            for name, field in plain:
+                value = field.deserialize(data.get(name, missing), name, data)
+                if value is not missing:
+                    out[name] = value
+        except ValidationError:
+            return None
+        errors = ErrorStore()
+        self._invoke_field_validators(error_store=errors, data=out, many=False)
+        if self._hooks[VALIDATES_SCHEMA]:
+            for collection in (True, False):
+                self._invoke_schema_validators(
+                    error_store=errors, pass_collection=collection, data=out,
+                    original_data=data, many=False, partial=None, unknown=RAISE,
+                    field_errors=False)
+        return None if errors.errors else out
+
+
+def _one_line(value: str) -> None:
+    """``$`` in LANGUAGE_TAG lets one trailing newline through; the event contract's tag
+    (``referral.submitted`` carries it) does not."""
+    if "\n" in value:
+        raise ValidationError("Not a BCP 47 language tag.")
+
+
+class SubjectIn(FastLoad):
     given_name = fields.String(required=True, validate=NAME)
     family_name = fields.String(validate=NAME)
     birth_date = fields.Date()
     age = fields.Integer(validate=validate.Range(min=0, max=120))
     phone = fields.String(validate=E164)
     email = fields.Email(validate=validate.Length(max=254))
-    preferred_language = fields.String(validate=LANGUAGE_TAG)
+    preferred_language = fields.String(validate=[LANGUAGE_TAG, _one_line])
     needs_interpreter = fields.Boolean(load_default=False)
-    gender = fields.String(validate=validate.Length(max=40))
+    gender = fields.String(validate=validate.Length(min=1, max=40))
 
     @validates("birth_date")
     def _not_future(self, value: date, **_: Any) -> None:
@@ -45,12 +102,12 @@ class SubjectIn(Strict):
             raise ValidationError("Give birth_date or age.", field_name="age")
 
 
-class LocationIn(Strict):
+class LocationIn(FastLoad):
     lat = fields.Float(required=True, validate=validate.Range(min=-90, max=90))
     lon = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
 
 
-class ConsentIn(Strict):
+class ConsentIn(FastLoad):
     share_with_provider = fields.Boolean(required=True)
     referrer_updates = fields.String(required=True, validate=validate.OneOf(events.REFERRER_UPDATES))
     contact_methods = fields.List(fields.String(validate=validate.OneOf(events.CONTACT_METHODS)),
@@ -60,7 +117,7 @@ class ConsentIn(Strict):
     expires_at = fields.AwareDateTime(default_timezone=UTC)
 
 
-class ReferralIn(Strict):
+class ReferralIn(FastLoad):
     need = fields.String(required=True, validate=validate.OneOf(events.NEEDS))
     urgency = fields.String(required=True, validate=validate.OneOf(events.URGENCIES))
     subject = fields.Nested(SubjectIn, required=True)

@@ -58,32 +58,31 @@ class KeySource:
         return self.current().wrap(dek, subject_id)
 
 
-def new_subject(session: Session, keys: KeySource, subject: dict[str, Any],
-                location: dict[str, float], now: datetime) -> tuple[str, bytes, list[str]]:
-    """Encrypt and store a subject; returns (id, data key, fields written). The caller
-    audits the write (once per request, with the referral it belongs to)."""
-    subject_id, dek, written, stmt = subject_insert(keys, subject, location, now)
-    session.execute(stmt)
-    return subject_id, dek, written
+SUBJECT_COLUMNS = ("id", "wrapped_key", "key_version", *(f"{n}_ct" for n in SUBJECT_FIELDS),
+                   "location_ct", "created_at")
 
 
-def subject_insert(keys: KeySource, subject: dict[str, Any], location: dict[str, float],
-                   now: datetime) -> tuple[str, bytes, list[str], Any]:
-    """``new_subject`` without executing: the INSERT is returned so the caller can send it
-    together with the referral's other rows (one round trip, see ``db.write_all``)."""
+def subject_row(keys: KeySource, subject: dict[str, Any], location: dict[str, float],
+                now: datetime) -> tuple[str, bytes, list[str], dict[str, Any]]:
+    """A new subject's row, every field encrypted under a fresh data key: (id, data key,
+    fields written, row with every column of ``SUBJECT_COLUMNS``, None where absent)."""
     subject_id = str(uuid.uuid4())
     dek = crypto.new_data_key()
+    sealer = crypto.FieldSealer(dek)  # one cipher object for all of the subject's fields
     row: dict[str, Any] = {"id": subject_id, "wrapped_key": keys.wrap(dek, subject_id),
                            "key_version": 1, "created_at": now}
     written = []
     for name in SUBJECT_FIELDS:
         value = subject.get(name)
         if value is not None:
-            row[f"{name}_ct"] = seal(dek, str(value), "subjects", name, subject_id)
+            row[f"{name}_ct"] = sealer.seal(str(value), table="subjects", column=name,
+                                            row_id=subject_id, key_version=1)
             written.append(name)
-    row["location_ct"] = seal(dek, f"{location['lat']},{location['lon']}", "subjects",
-                              "location", subject_id)
-    return subject_id, dek, [*written, "location"], subjects.insert().values(**row)
+        else:
+            row[f"{name}_ct"] = None
+    row["location_ct"] = sealer.seal(f"{location['lat']},{location['lon']}", table="subjects",
+                                     column="location", row_id=subject_id, key_version=1)
+    return subject_id, dek, [*written, "location"], row
 
 
 def seal(dek: bytes, value: str, table: str, column: str, row_id: str) -> str:
