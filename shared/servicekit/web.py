@@ -25,6 +25,7 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from . import logs
+from .db import is_unavailable
 from .auth import AuthError
 from .ratelimit import REJECTED as RATE_LIMITED
 from .ratelimit import AuthFailureLimiter
@@ -340,6 +341,11 @@ def _install_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
             return app.extensions["problem_api"].handle_http_exception(exc)
+        if is_unavailable(exc):  # a restart or failover: retry (same Idempotency-Key) soon
+            log.warning("database unavailable", exc_info=exc)
+            return problem_response(503, "Service Unavailable",
+                                    "The service's database is unavailable; retry shortly",
+                                    headers={"Retry-After": "2"})
         log.error("unhandled error", exc_info=exc)
         return problem_response(500, "Internal Server Error", "An unexpected error occurred")
 
