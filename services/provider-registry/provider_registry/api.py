@@ -1,10 +1,9 @@
 """provider-registry HTTP API: thin; parse with marshmallow, call a handler, dump the result."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
@@ -16,7 +15,7 @@ from servicekit.auth import current_principal, requires, same_org
 from servicekit.db import Database
 from servicekit.web import Problem
 
-from . import domain, handlers, queries, search
+from . import domain, handlers, listing, queries, search
 from .schemas import (
     CapacityIn,
     LocationFields,
@@ -81,29 +80,22 @@ def _create(work: Callable[[Session], dict[str, Any]], dump: Callable[[Any], Any
 @blp.arguments(ServiceQuery, location="query", unknown=RAISE)  # webargs would EXCLUDE
 @blp.response(200, ServicePage)
 @blp.doc(security=BEARER)
-def list_services(args: dict[str, Any]) -> dict[str, Any]:
+def list_services(args: dict[str, Any]) -> Response:
     """Search the directory: need, lat/lon + radius_km (nearest first, with distance_km),
     language, age, accepting, open_now (each service's own time zone), stale; a page at
     a time. Confidential sites show neither address nor coordinates."""
     org = args.get("organization_id")
     query = SearchQuery(**{**args, "organization_id": str(org) if org else None})
-    now, principal = handlers._now(), current_principal()
+    now, principal, stale_days = handlers._now(), current_principal(), _stale_days()
     with _db().uow() as uow:
-        hits, total = search.search(uow.session, query, now=now,
-                                    stale_after_days=_stale_days())
-        views = queries.service_views(uow.session, [h.service_id for h in hits],
-                                      may_reveal=lambda org_id: _may_reveal(principal, org_id),
-                                      now=now, stale_after_days=_stale_days())
-    items = []
-    for hit, view in zip(hits, views, strict=True):
-        if hit.distance_km is not None:
-            hidden = any(e["location_id"] == hit.nearest_location_id and "lat" not in e
-                         for e in view["locations"])
-            # a hidden site's distance is rounded up to whole km so it cannot be triangulated
-            view["distance_km"] = (math.ceil(hit.distance_km) if hidden
-                                   else round(hit.distance_km, 2))
-        items.append(view)
-    return {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+        rows, total = search.search_page(uow.session, query, now=now,
+                                         stale_after_days=stale_days)
+    origin = (query.lat, query.lon) if query.lat is not None and query.lon is not None else None
+    items = listing.items(rows, may_reveal=lambda org_id: _may_reveal(principal, org_id),
+                          now=now, stale_after_days=stale_days, origin=origin)
+    # already in ServicePage's JSON form (listing.item): answered without a schema dump
+    page = {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+    return cast(Response, current_app.json.response(page))  # flask-smorest passes it on
 
 
 def _stale_days() -> int:

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from servicekit import geo
+from . import geohash
 
 LOCATION_GEOHASH_PRECISION = 9  # provider sites are public places: about 5 m is fine
 MAX_AGE = 130
@@ -180,8 +180,8 @@ def check_capacity(capacity: Capacity) -> None:
 
 def location_entry(location: Location) -> dict[str, Any]:
     return {"location_id": location.id, "lat": location.latitude, "lon": location.longitude,
-            "geohash": geo.encode(location.latitude, location.longitude,
-                                  LOCATION_GEOHASH_PRECISION),
+            "geohash": geohash.encode(location.latitude, location.longitude,
+                                      LOCATION_GEOHASH_PRECISION),
             "confidential": location.confidential}
 
 

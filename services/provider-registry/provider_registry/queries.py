@@ -1,8 +1,9 @@
 """provider-registry read side: routing snapshots and the views the API returns.
 
-Views of many services are assembled with one query per table for the whole page
-(``load_services``), never one query per service, so a search page costs the same few
-queries whether it holds 1 or 200 services.
+Views of many services are assembled with one query per table for the whole set
+(``load_services``: single views, HSDS export), never one query per service. Search pages
+are assembled in one statement with their search by ``listing.py``, whose items must stay
+exactly ``ServiceOut().dump(_view(...))`` (a test compares them).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import domain
@@ -121,32 +122,6 @@ def service_view(session: Session, service_id: str, *, reveal_confidential: bool
     """One service as the API shows it."""
     return _view(_load_one(session, service_id), reveal_confidential=reveal_confidential,
                  now=now or datetime.now(UTC), stale_after_days=stale_after_days)
-
-
-def list_filters(*, need: str | None = None, accepting: bool | None = None,
-                 organization_id: str | None = None) -> list[ColumnElement[bool]]:
-    cond: list[ColumnElement[bool]] = []
-    if need is not None:
-        cond.append(service.c.id.in_(select(service_category.c.service_id)
-                                     .where(service_category.c.category == need)))
-    if accepting is not None:
-        open_ids = select(service_capacity.c.service_id).where(
-            service_capacity.c.accepting.is_(True))
-        # a service without a capacity row is not accepting
-        cond.append(service.c.id.in_(open_ids) if accepting else service.c.id.not_in(open_ids))
-    if organization_id is not None:
-        cond.append(service.c.organization_id == organization_id)
-    return cond
-
-
-def list_service_ids(session: Session, cond: list[ColumnElement[bool]], *, limit: int,
-                     offset: int) -> tuple[list[str], int]:
-    """A page of service ids (by name) matching ``cond`` and the total that match."""
-    total = session.execute(select(func.count()).select_from(service).where(*cond)).scalar_one()
-    ids = session.execute(select(service.c.id).where(*cond)
-                          .order_by(service.c.name, service.c.id)
-                          .limit(limit).offset(offset)).scalars().all()
-    return list(ids), int(total)
 
 
 def organization_view(session: Session, org_id: str) -> dict[str, Any]:

@@ -8,20 +8,25 @@ touches only the sites of that need inside the box: ``(category, lat_band, longi
 latitude, service_id)``.
 
 It is derived data, rebuilt for the affected services in the same transaction as every
-write that changes a service's categories or sites or a site's coordinates (handlers,
-HSDS import), so it can never disagree with the directory after a commit. It holds no
+write that changes a service's categories, sites or interpretation flag, or a site's
+coordinates (handlers, HSDS import), so it can never disagree with the directory after a
+commit. Each row carries its service's ``interpretation_available`` (an INCLUDE column of
+the box index on PostgreSQL), so the language filter ("speaks it or can interpret") needs
+no read of the service row of every candidate in the box. It holds no
 addresses, names or confidential flags: the views decide what a caller may see.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, cast, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Integer, cast, delete, func, insert, or_, select, union
 from sqlalchemy.orm import Session
 
 from .tables import (
     location,
     one_of,
+    service,
     service_at_location,
     service_category,
     service_site_need,
@@ -49,6 +54,18 @@ def bands_between(lat0: float, lat1: float) -> list[int]:
     return list(range(low, high + 1))
 
 
+def rows_of(service_id: str, categories: Iterable[str], interpretation_available: bool,
+            sites: Iterable[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    """The rows of one service, from its categories, its interpretation flag and its sites
+    (id, latitude, longitude) as stored: what ``refresh`` would select for it, computed
+    without a query (bulk imports, which have just written exactly these values)."""
+    categories = list(categories)
+    return [{"service_id": service_id, "location_id": location_id, "category": category,
+             "lat_band": band_of(latitude), "latitude": latitude, "longitude": longitude,
+             "interpretation_available": bool(interpretation_available)}
+            for location_id, latitude, longitude in sites for category in categories]
+
+
 def refresh(session: Session, *, service_ids: Collection[str] = (),
             location_ids: Collection[str] = ()) -> None:
     """Rebuild the rows of these services and of every service at these sites from the
@@ -60,17 +77,23 @@ def refresh(session: Session, *, service_ids: Collection[str] = (),
     t = service_site_need
     session.execute(delete(t).where(or_(one_of(session, t.c.service_id, sids),
                                         one_of(session, t.c.location_id, lids))))
-    source = (select(service_category.c.service_id, service_at_location.c.location_id,
-                     service_category.c.category,
-                     band_expr(session.get_bind().dialect.name), location.c.latitude,
-                     location.c.longitude)
+    columns = (service_category.c.service_id, service_at_location.c.location_id,
+               service_category.c.category, band_expr(session.get_bind().dialect.name),
+               location.c.latitude, location.c.longitude, service.c.interpretation_available)
+    joined = (select(*columns)
               .join(service_at_location,
                     service_at_location.c.service_id == service_category.c.service_id)
               .join(location, location.c.id == service_at_location.c.location_id)
-              .where(or_(one_of(session, service_category.c.service_id, sids),
-                         one_of(session, service_at_location.c.location_id, lids))))
+              .join(service, service.c.id == service_category.c.service_id))
+    # one branch per kind of id, each driven by its own index (an OR across the joined
+    # tables made PostgreSQL join the whole tables); UNION drops rows both branches give
+    branches = ([joined.where(one_of(session, service_category.c.service_id, sids))]
+                if sids else []) + ([joined.where(
+                    one_of(session, service_at_location.c.location_id, lids))] if lids else [])
+    source = branches[0] if len(branches) == 1 else union(*branches)
     session.execute(insert(t).from_select(
-        ["service_id", "location_id", "category", "lat_band", "latitude", "longitude"], source))
+        ["service_id", "location_id", "category", "lat_band", "latitude", "longitude",
+         "interpretation_available"], source))
 
 
 def box(lat: float, lon: float, radius_km: float, km_per_deg_lat: float, kx: float

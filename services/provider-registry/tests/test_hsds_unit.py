@@ -5,6 +5,7 @@ import copy
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,118 @@ def test_the_synthetic_city_is_deterministic_and_realistic() -> None:
                for d in first for s in d["service_at_locations"])
     assert {c.accepting for c in caps.values()} == {True, False}
     assert all(validation.validate_service(copy.deepcopy(d)) == [] for d in first[:50])
+
+
+# --- datapackage CSV reading: the fast reader keeps csv.DictReader's semantics ------------
+
+def _reference_rows(table: str, text: str) -> list[tuple[dict, dict, list[str]]]:
+    """What the registry did before the fast reader: csv.DictReader and a per-cell
+    ``_coerce``; kept here as the reference the fast reader must equal."""
+    import csv
+    import io
+    props = validation.table_schemas()[table]["properties"]
+    out = []
+    for raw in csv.DictReader(io.StringIO(text)):
+        row, errors = {}, []
+        for key, value in raw.items():
+            if key is None:
+                errors.append("row: more cells than columns")
+            elif value not in (None, ""):
+                try:
+                    row[key] = sources._coerce(value, props[key]) if key in props else value
+                except ValueError:
+                    errors.append(f"{key}: must be of type {props[key].get('type')}")
+        out.append((raw, row, errors))
+    return out
+
+
+@pytest.mark.parametrize("table, text", [
+    ("location", ("id,name,latitude,longitude,colour\n"
+                  "a,Site,47.6,-122.3,red\n\n"          # a blank line is skipped
+                  "b,,47,-122,\n"                        # whole numbers stay int
+                  "c,Too many,1.5,2.5,x,extra,cells\n"   # extra cells
+                  "d,Too few\n"                          # missing cells
+                  "e,Bad,north,-122.3,\n"                # not a number
+                  "f,\"Quoted, comma\",1e2,-0.0,\n")),
+    ("service", "id,name,minimum_age,maximum_age,status\n1,S,12,,active\n2,T,x,24.5,\n"),
+    ("language", "id,service_id,code\n1,s,es\n2,s,\n3,,vi,,\n"),
+    ("phone", "id,number,extension,number\n1,555,12,556\n2,557,,\n"),  # duplicate header
+    ("schedule", ""),
+    ("schedule", "\n1,2,3\n"),  # a blank header line: every cell is an extra one
+])
+def test_the_fast_csv_reader_gives_what_csv_dictreader_gave(table: str, text: str) -> None:
+    assert list(sources._typed_rows(table, text)) == _reference_rows(table, text)
+
+
+def test_datapackage_rejections_keep_row_order_line_numbers_and_reasons() -> None:
+    ids = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(6)]
+    svc = "10000000-0000-4000-8000-000000000000"
+    header = "id,service_id,code\n"
+    rows = [f"{ids[0]},{svc},es", f"{ids[1]},{svc},", f"{ids[2]},{svc},vi,extra",
+            f"{ids[3]},{svc},zz"]
+    src = sources.Source()
+    tables = sources.read_tables({"languages.csv": header + "\n".join(rows) + "\n"}, src)
+    assert [r["id"] for r in tables["language"]] == [ids[0], ids[1], ids[3]]
+    assert [(r["record"], r["errors"], r["row_id"], r["owners"]) for r in src.rejected] == [
+        ("languages.csv line 4", ["row: more cells than columns"], ids[2], [svc])]
+    bad = sources.Source()  # a row breaks the schema: then every row is described, in order
+    tables = sources.read_tables({
+        "languages.csv": f"{header}{ids[4]},{svc},es\nnot-a-uuid,{svc},es\n{ids[5]},{svc},vi,1\n",
+        "phones.csv": f"id,number,colour\n{ids[0]},555,red\n{ids[1]},556,\n"}, bad)
+    assert [(r["record"], r["errors"]) for r in bad.rejected] == [
+        ("languages.csv line 3", ["id: not a valid uuid"]),
+        ("languages.csv line 4", ["row: more cells than columns"]),
+        ("phones.csv line 2", ["colour: unknown column"])]
+    assert [r["id"] for r in tables["language"]] == [ids[4]]
+    assert [r["id"] for r in tables["phone"]] == [ids[1]]  # its colour cell is empty
+
+
+# --- geohash: bit for bit servicekit.geo.encode ---------------------------------------------
+
+def test_the_fast_geohash_is_bit_for_bit_servicekit_geo_encode() -> None:
+    import math
+    import random
+
+    from provider_registry import geohash
+    from servicekit import geo
+    rng = random.Random(5)
+    points = [(rng.uniform(-90, 90), rng.uniform(-180, 180)) for _ in range(3000)]
+    points += [(rng.randint(-90, 90), rng.randint(-180, 180)) for _ in range(300)]
+    for _ in range(400):  # cell edges (exact binary fractions) and the floats next to them
+        bits = rng.randint(1, 31)
+        lat = -90 + 180 * rng.randint(0, 2 ** bits) / 2 ** bits
+        lon = -180 + 360 * rng.randint(0, 2 ** bits) / 2 ** bits
+        points += [(a, b) for a in (lat, math.nextafter(lat, -91), math.nextafter(lat, 91))
+                   for b in (lon, math.nextafter(lon, -181), math.nextafter(lon, 181))
+                   if -90 <= a <= 90 and -180 <= b <= 180]
+    points += [(90, 180), (-90, -180), (0.0, -0.0), (-90, 180), (5e-324, -5e-324)]
+    for lat, lon in points:
+        for precision in range(1, 13):
+            assert geohash.encode(lat, lon, precision) == geo.encode(lat, lon, precision), (
+                lat, lon, precision)
+    for bad in [(float("nan"), 0.0, 9), (91.0, 0.0, 9), (0.0, -181.0, 9), (0.0, 0.0, 13)]:
+        assert _refusal(geohash.encode, *bad) == _refusal(geo.encode, *bad) is not None
+
+
+def _refusal(encode: Any, *args: Any) -> str | None:
+    try:
+        encode(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_bulk_work_pauses_the_cyclic_collector_and_always_restores_it() -> None:
+    import gc
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), sources.gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed import")
+    assert gc.isenabled()
+    gc.disable()  # someone else paused it: it stays as they left it
+    try:
+        with sources.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -2,14 +2,20 @@
 open now in each service's own time zone, and bad queries."""
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from registry_harness import PROBLEM, Harness
+from sqlalchemy import update as sql_update
 
+from provider_registry import bootstrap, synthetic, tables
 from servicekit import geo
+from servicekit.db import run_migrations
 
 pytestmark = pytest.mark.integration
 HOME = (47.6062, -122.3321)  # where the officer searches from
@@ -133,3 +139,109 @@ def test_need_and_radius_search_follows_every_write(reg: Harness) -> None:
     assert reg.client.delete(f"/v1/services/{stays}",
                              headers=reg.auth("admin")).status_code == 204
     assert reg.get(f"/v1/services?{food}")["total"] == 0
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON texts: 25 and 25.0 differ, as they would on the wire."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_search_items_are_exactly_the_service_views_plus_the_distance(reg: Harness) -> None:
+    """A search page is assembled in one statement and answered without a schema dump
+    (listing.py): each item must be exactly what GET /v1/services/{id} shows the same
+    caller (confidential sites hidden unless admin or the organization's own staff), plus
+    distance_km to the nearest site (a hidden site's rounded up to whole km)."""
+    org, other = _org(reg), _org(reg)
+    dv = _service(reg, org, "Safe House", 47.6100, -122.3300, categories=["housing"],
+                  locations=[{"latitude": 47.6100, "longitude": -122.3300, "name": "Hidden",
+                              "confidential": True},
+                             {"latitude": 47.6500, "longitude": -122.3500, "name": "Office"}],
+                  languages=["es-MX", "en"], minimum_age=18, service_area={"radius_km": 12.5},
+                  schedule={"always_open": False, "timezone": "America/New_York",
+                            "valid_from": "2020-01-01", "valid_to": "2099-12-31",
+                            "hours": [{"byday": "MO", "opens_at": "09:00",
+                                       "closes_at": "17:00"}]})
+    bare = reg.client.post("/v1/services", headers=reg.auth("admin"), json={  # no capacity
+        "organization_id": other, "name": "Drop-in", "categories": ["housing", "food"],
+        "service_area": {"geohashes": ["c23nb"]}, "location_ids": [],
+        "schedule": {"always_open": True, "timezone": "UTC"}}).json["service_id"]
+    _service(reg, other, "Interpreting", 47.6200, -122.3400, interpretation_available=True)
+    reg.execute(sql_update(tables.service).where(tables.service.c.id == dv)
+                .values(last_confirmed=datetime(2020, 1, 1, tzinfo=UTC)))  # stale
+    queries = [f"need=housing&lat={HOME[0]}&lon={HOME[1]}&radius_km=10",
+               f"need=housing&lat={HOME[0]}&lon={HOME[1]}&radius_km=10&language=es",
+               f"lat={HOME[0]}&lon={HOME[1]}&radius_km=10&limit=2&offset=1",
+               "need=housing", "need=housing&open_now=false", "stale=true"]
+    callers = [("officer", None), ("admin", None), ("provider", org), ("provider", other)]
+    seen_hidden = seen_shown = 0
+    for query in queries:
+        for role, staff_of in callers:
+            page = reg.get(f"/v1/services?{query}", role=role, org=staff_of)
+            assert page["items"], (query, role)
+            for item in page["items"]:
+                view = reg.get(f"/v1/services/{item['service_id']}", role=role, org=staff_of)
+                distance = item.pop("distance_km", None)
+                assert _same_json(item, view), (query, role)
+                if "lat=" not in query:
+                    assert distance is None
+                    continue
+                sites = {s["location_id"]: s for s in _sites_of(reg, item["service_id"])}
+                km, nearest = min((geo.haversine_km(*HOME, s["lat"], s["lon"]), i)
+                                  for i, s in sites.items())
+                hidden = not any(e["location_id"] == nearest and "lat" in e
+                                 for e in item["locations"])
+                seen_hidden += hidden
+                seen_shown += not hidden and sites[nearest]["confidential"]
+                assert isinstance(distance, float)
+                assert distance == (float(math.ceil(km)) if hidden else round(km, 2))
+    assert seen_hidden and seen_shown  # both cases of the confidential rule were checked
+    assert bare in {i["service_id"] for i in reg.get("/v1/services?need=food")["items"]}
+
+
+def _sites_of(reg: Harness, service_id: str) -> list[dict[str, Any]]:
+    """Every site of a service with its coordinates (as an admin sees them)."""
+    return reg.get(f"/v1/services/{service_id}", role="admin")["locations"]  # type: ignore[no-any-return]
+
+
+def test_the_interpretation_flag_in_the_search_table_follows_service_edits(
+        reg: Harness) -> None:
+    org = _org(reg)
+    sid = _service(reg, org, "Clinic", 47.61, -122.33, languages=["en"])
+    query = f"need=housing&lat={HOME[0]}&lon={HOME[1]}&radius_km=5&language=es"
+    assert _search(reg, query) == []
+    body = reg.get(f"/v1/services/{sid}")
+    fields = {"name": "Clinic", "categories": ["housing"], "service_area": {"radius_km": 30},
+              "schedule": {"always_open": True, "timezone": "America/Los_Angeles"},
+              "location_ids": [e["location_id"] for e in body["locations"]]}
+    for interprets in (True, False):
+        resp = reg.client.put(f"/v1/services/{sid}", headers=reg.auth("admin"),
+                              json={**fields, "interpretation_available": interprets})
+        assert resp.status_code == 200, resp.json
+        assert [i["service_id"] for i in _search(reg, query)] == ([sid] if interprets else [])
+
+
+def test_search_on_sqlite_the_embedded_database(make_settings: Any, tmp_path: Path) -> None:
+    """The embedded mode (`referrals up`) runs the registry on SQLite: the one-statement
+    page (json_group_array), the bound-parameter searches and the bulk import writes must
+    give the same views there."""
+    settings = make_settings("provider-registry",
+                             REGISTRY_DATABASE_URL=f"sqlite:///{tmp_path}/registry.db")
+    run_migrations(settings.database_url, bootstrap.MIGRATIONS)
+    app = bootstrap.create_app(settings)
+    lite = Harness(settings, app.extensions["db"], app.test_client())
+    try:
+        first = synthetic.seed_city(lite.db, 120, seed=4)
+        again = synthetic.seed_city(lite.db, 120, seed=4)
+        assert (first.created, again.unchanged, len(lite.outbox())) == (120, 120, 120)
+        for query in ["need=housing&lat=47.6&lon=-122.33&radius_km=10&language=es",
+                      "need=mental_health&lat=47.6&lon=-122.33&radius_km=20&age=30",
+                      "lat=47.6&lon=-122.33&radius_km=3", "open_now=true&limit=5",
+                      "need=food&limit=5&offset=3"]:
+            page = lite.get(f"/v1/services?{query}", role="admin")
+            assert page["items"], query
+            for item in page["items"]:
+                item.pop("distance_km", None)
+                view = lite.get(f"/v1/services/{item['service_id']}", role="admin")
+                assert _same_json(item, view), query
+    finally:
+        lite.db.dispose()

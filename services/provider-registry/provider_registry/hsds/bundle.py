@@ -102,8 +102,10 @@ def _sites(doc: dict[str, Any], org_id: str, known_terms: dict[str, dict[str, An
 
 
 def bundle_of(doc: dict[str, Any], *, known_terms: dict[str, dict[str, Any]],
-              default_radius_km: float, now: datetime) -> Bundle:
-    """The rows of one schema-valid service document, or ``RecordError`` with every reason."""
+              default_radius_km: float, now: datetime, doc_digest: str | None = None
+              ) -> Bundle:
+    """The rows of one schema-valid service document, or ``RecordError`` with every reason.
+    ``doc_digest``: ``digest(doc)`` when the caller computed it already."""
     errors: list[str] = []
     warnings: list[str] = []
     org_doc = doc.get("organization")
@@ -148,4 +150,5 @@ def bundle_of(doc: dict[str, Any], *, known_terms: dict[str, dict[str, Any]],
                   organization=organization_row(org_doc) if org_doc else None, service=svc,
                   service_row=row, locations=locations, site_ids=list(sal_ids),
                   sal_ids=sal_ids, attributes=attrs + loc_attrs, terms=terms + loc_terms,
-                  phones=phones, warnings=warnings, digest=digest(doc))
+                  phones=phones, warnings=warnings,
+                  digest=doc_digest or digest(doc))

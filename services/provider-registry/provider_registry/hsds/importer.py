@@ -11,7 +11,7 @@ never touched by an import; a new service starts unsized (maximum 0, not accepti
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +25,10 @@ from servicekit.db import Database
 from .. import domain
 from .. import tables as t
 from ..handlers import SOURCE
-from ..queries import load_services
 from . import taxonomy, writer
 from .bundle import bundle_of, organization_row
 from .mapping import Bundle, RecordError, _phones, digest
-from .sources import Source
+from .sources import Source, gc_paused
 
 Progress = Callable[[int, int], None]
 
@@ -61,6 +60,15 @@ class Options:
 def import_source(db: Database, src: Source, *, default_radius_km: float, chunk_size: int = 500,
                   progress: Progress | None = None, adjust: Callable[[Bundle], Bundle] | None
                   = None, capacities: Mapping[str, domain.Capacity] | None = None) -> Report:
+    with gc_paused():
+        return _import_source(db, src, default_radius_km=default_radius_km,
+                              chunk_size=chunk_size, progress=progress, adjust=adjust,
+                              capacities=capacities)
+
+
+def _import_source(db: Database, src: Source, *, default_radius_km: float, chunk_size: int,
+                   progress: Progress | None, adjust: Callable[[Bundle], Bundle] | None,
+                   capacities: Mapping[str, domain.Capacity] | None) -> Report:
     report = Report(rejected=len(src.rejected),
                     records=[{k: v for k, v in r.items() if k not in ("owners", "table",
                                                                        "row_id")}
@@ -126,12 +134,13 @@ def _import_chunk(session: Session, chunk: list[tuple[str, dict[str, Any]]], src
     bundles: list[tuple[str, Bundle]] = []
     for label, doc in chunk:
         old = stored.get(doc.get("id"))
-        if old is not None and old.import_digest == digest(doc):
+        doc_digest = digest(doc)
+        if old is not None and old.import_digest == doc_digest:
             report.unchanged += 1
             continue
         try:
             b = bundle_of(doc, known_terms=terms, default_radius_km=opts.default_radius_km,
-                          now=now)
+                          now=now, doc_digest=doc_digest)
             b = opts.adjust(b) if opts.adjust else b
         except RecordError as exc:
             _reject(report, label, exc.reasons)
@@ -143,7 +152,7 @@ def _import_chunk(session: Session, chunk: list[tuple[str, dict[str, Any]]], src
     bundles = _check_references(session, bundles, report)
     if not bundles:
         return
-    writer.write_bundles(session, [b for _, b in bundles], now)
+    locations = writer.write_bundles(session, [b for _, b in bundles], now)
     writer.write_capacities(session, {b.service_id: opts.capacities[b.service_id]
                                       for _, b in bundles if b.service_id in opts.capacities},
                             now)
@@ -158,11 +167,46 @@ def _import_chunk(session: Session, chunk: list[tuple[str, dict[str, Any]]], src
         touched["org"].add(b.organization_id)
         touched["loc"].update(b.site_ids)
         touched["svc"].add(b.service_id)
-    loaded = load_services(session, [b.service_id for _, b in bundles])
-    outbox.emit_many(session, events.PROVIDER_SERVICE_UPSERTED, [
-        (sid, domain.routing_snapshot(one.org, one.svc, one.locations, one.capacity))
-        for sid, one in loaded.items()], source=SOURCE,
-        validate_each=False)  # one builder: the first is validated in full, see emit_many
+    outbox.emit_many(session, events.PROVIDER_SERVICE_UPSERTED,
+                     _snapshots(session, [b for _, b in bundles], locations), source=SOURCE,
+                     validate_each=False)  # one builder: the first is validated in full, see emit_many
+
+
+def _snapshots(session: Session, bundles: list[Bundle], locations: dict[str, dict[str, Any]]
+               ) -> list[tuple[str, dict[str, Any]]]:
+    """The routing snapshots of just-written bundles, built from the bundles themselves
+    (no re-reading of the rows just written): only what an import does not write comes
+    from the database, the organizations' names and notification channels (an import
+    keeps the channels; a service may name an organization imported earlier) and live
+    capacity. Values take the types the database gives back (coordinates and radius are
+    floats), so each snapshot is exactly ``queries.snapshot_of`` of the stored service."""
+    org_ids = {b.organization_id for b in bundles}
+    orgs = {r.id: domain.Organization(id=r.id, name=r.name,
+                                      notification_channels=tuple(r.notification_channels))
+            for r in session.execute(
+                select(t.organization.c.id, t.organization.c.name,
+                       t.organization.c.notification_channels)
+                .where(t.one_of(session, t.organization.c.id, org_ids)))}
+    capacity = t.service_capacity.c
+    caps = {r.service_id: domain.Capacity(maximum=r.maximum, accepting=r.accepting,
+                                          available=r.available)
+            for r in session.execute(
+                select(capacity.service_id, capacity.maximum, capacity.accepting,
+                       capacity.available)
+                .where(t.one_of(session, capacity.service_id, [b.service_id for b in bundles])))}
+    sites = {i: domain.Location(id=i, latitude=float(loc["latitude"]),
+                                longitude=float(loc["longitude"]), name=loc["name"],
+                                confidential=bool(loc["confidential"]))
+             for i, loc in locations.items()}
+    out = []
+    for b in bundles:
+        svc, area = b.service, b.service.service_area
+        if area.radius_km is not None and type(area.radius_km) is not float:  # e.g. 25
+            svc = replace(svc, service_area=replace(area, radius_km=float(area.radius_km)))
+        out.append((b.service_id, domain.routing_snapshot(
+            orgs[b.organization_id], svc, [sites[i] for i in b.site_ids],
+            caps.get(b.service_id, domain.NO_CAPACITY))))
+    return out
 
 
 def _check_references(session: Session, bundles: list[tuple[str, Bundle]], report: Report

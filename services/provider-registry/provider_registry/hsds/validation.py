@@ -139,6 +139,15 @@ def row_problems(table: str, row: dict[str, Any]) -> list[str]:
     return found + [f"{k}: unknown column" for k in row if k not in schema["properties"]]
 
 
+def rows_valid(table: str, rows: list[dict[str, Any]]) -> bool:
+    """Whether ``row_problems`` finds nothing in any of these typed rows of ``table``: the
+    compiled validator on each, and no column the schema does not know."""
+    if not set().union(*rows) <= table_schemas()[table]["properties"].keys():
+        return False
+    valid = _fast("row", table).is_valid
+    return all(valid(row) for row in rows)
+
+
 def validate_service(record: Any) -> list[str]:
     return problems(record, "service")
 

@@ -5,13 +5,16 @@ capacity; everything else an import carries replaces what was stored.
 """
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import psycopg
 import psycopg.sql
-from sqlalchemy import JSON, Table, delete, insert, or_, select, update
+from sqlalchemy import JSON, Table, delete, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -36,27 +39,62 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         return
     keys = set().union(*rows)
     columns = [c.name for c in table.columns if c.name in keys]
+    if len(columns) > 1 and sum(map(len, rows)) == len(keys) * len(rows):
+        values: Any = map(itemgetter(*columns), rows)  # every row has every column
+    else:
+        values = ([row.get(c) for c in columns] for row in rows)
     statement = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
         psycopg.sql.Identifier(table.name),
         psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, columns)))
     raw = session.connection().connection.driver_connection
     try:
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row([row.get(c) for c in columns])
+            for value in values:
+                copy.write_row(value)
     except psycopg.Error as exc:  # as SQLAlchemy would raise it: the importer retries alone
         raise DBAPIError(f"COPY {table.name}", None, exc) from exc
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()  # PostgreSQL reads ISO 8601 back exactly (microseconds, offset)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@lru_cache(maxsize=64)
+def _recordset_upsert(table: Table, columns: tuple[str, ...], update: tuple[str, ...],
+                      conflict: str) -> Any:
+    """``INSERT ... SELECT ... FROM json_populate_recordset(NULL::table, :rows) ON CONFLICT``:
+    a whole chunk in one statement with one parameter (the rows as one JSON text, which
+    PostgreSQL turns into rows of the table's own column types)."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    action = ("DO NOTHING" if not update else "DO UPDATE SET " + ", ".join(
+        f'"{c}" = EXCLUDED."{c}"' for c in update))
+    return text(f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM '
+                f'json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) '
+                f'ON CONFLICT ("{conflict}") {action}')
+
+
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]],
-            keep: tuple[str, ...] = ()) -> None:
-    """Insert ``rows`` or update every column of the ones that exist, except ``keep``."""
+            keep: tuple[str, ...] = (), *, conflict: str = "id", update: bool = True) -> None:
+    """Insert ``rows`` or update every column of the ones that exist, except ``keep`` (or,
+    ``update=False``, leave existing ones alone). On PostgreSQL one statement per call
+    (``_recordset_upsert``; the rows of one call must have distinct ``conflict`` values, as
+    one INSERT cannot update a row twice); elsewhere an executemany."""
     if not rows:
         return
+    columns = tuple(rows[0])
+    if any(tuple(r) != columns for r in rows) or not set(columns) <= set(table.c.keys()):
+        raise ValueError(f"rows for {table.name} must all have the same known columns")
+    changed = tuple(c for c in columns if c != conflict and c not in keep) if update else ()
+    if session.get_bind().dialect.name == "postgresql":
+        payload = json.dumps(rows, default=_json_value, allow_nan=False)
+        session.execute(_recordset_upsert(table, columns, changed, conflict), {"rows": payload})
+        return
     stmt = upsert(session, table)
-    columns = [c for c in rows[0] if c != "id" and c not in keep]
     session.execute(stmt.on_conflict_do_update(
-        index_elements=["id"], set_={c: stmt.excluded[c] for c in columns}), rows)
+        index_elements=[conflict], set_={c: stmt.excluded[c] for c in changed}) if changed
+        else stmt.on_conflict_do_nothing(index_elements=[conflict]), rows)
 
 
 def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,7 +134,10 @@ def write_phones(session: Session, phones: list[dict[str, Any]], *, service_ids:
     insert_rows(session, t.phone, list(by_id.values()))
 
 
-def write_bundles(session: Session, bundles: list[Bundle], now: datetime) -> None:
+def write_bundles(session: Session, bundles: list[Bundle], now: datetime
+                  ) -> dict[str, dict[str, Any]]:
+    """Write checked bundles; returns the location rows written, by id (a location several
+    bundles carry is written once, as the last of them has it)."""
     orgs = [b.organization for b in bundles if b.organization]
     write_organizations(session, orgs, now)  # type: ignore[arg-type]
     write_taxonomy(session, [], [term for b in bundles for term in b.terms])
@@ -117,12 +158,16 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime) -> Non
                  + [p for b in bundles for p in b.phones if p["organization_id"]],
                  service_ids=svc_ids, location_ids=loc_ids,
                  organization_ids=[o["id"] for o in orgs if o])
-    _write_links(session, bundles, svc_ids, loc_ids)
+    written = {loc["id"]: loc for loc in locations}
+    _write_links(session, bundles, svc_ids, written)
+    return written
 
 
 def _write_links(session: Session, bundles: list[Bundle], svc_ids: list[str],
-                 loc_ids: list[str]) -> None:
-    for table in (t.service_category, t.service_at_location, t.service_language):
+                 locations: dict[str, dict[str, Any]]) -> None:
+    loc_ids = list(locations)
+    for table in (t.service_category, t.service_at_location, t.service_language,
+                  t.service_site_need):
         session.execute(delete(table).where(t.one_of(session, table.c.service_id, svc_ids)))
     session.execute(delete(t.attribute).where(
         t.one_of(session, t.attribute.c.link_id, svc_ids + loc_ids)))
@@ -134,11 +179,18 @@ def _write_links(session: Session, bundles: list[Bundle], svc_ids: list[str],
         t.service_at_location: [{"id": b.sal_ids[loc], "service_id": b.service_id,
                                  "location_id": loc} for b in bundles for loc in b.site_ids],
         t.attribute: _unique([a for b in bundles for a in b.attributes]),
+        # the search table rows of these services, from what was just written (the
+        # categories, the sites and their coordinates as stored): search_index.rows_of
+        t.service_site_need: [row for b in bundles for row in search_index.rows_of(
+            b.service_id, b.service.categories, b.service.interpretation_available,
+            [(i, locations[i]["latitude"], locations[i]["longitude"]) for i in b.site_ids])],
     }
     for table, values in rows.items():
         insert_rows(session, table, values)
-    # the search table of these services and of every other service at these sites
-    search_index.refresh(session, service_ids=svc_ids, location_ids=loc_ids)
+    # every other service at these sites: a moved site moves them too
+    others = set(session.execute(select(t.service_at_location.c.service_id).where(
+        t.one_of(session, t.service_at_location.c.location_id, loc_ids))).scalars())
+    search_index.refresh(session, service_ids=sorted(others - set(svc_ids)))
 
 
 def write_capacities(session: Session, capacities: dict[str, Any], now: datetime) -> None:
@@ -148,8 +200,7 @@ def write_capacities(session: Session, capacities: dict[str, Any], now: datetime
     rows = [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"capacity:{sid}")), "service_id": sid,
              "maximum": c.maximum, "accepting": c.accepting, "available": c.available,
              "updated": now} for sid, c in capacities.items()]
-    session.execute(upsert(session, t.service_capacity)
-                    .on_conflict_do_nothing(index_elements=["service_id"]), rows)
+    _upsert(session, t.service_capacity, rows, conflict="service_id", update=False)
 
 
 def republish_neighbours(session: Session, touched: dict[str, set[str]], now: datetime) -> int:
