@@ -125,6 +125,33 @@ def too_deep(body: bytes) -> bool:
     return json_depth(body) > MAX_JSON_DEPTH
 
 
+def nul_fields() -> list[str]:
+    """Query parameters and JSON body fields holding a NUL character, which no text column
+    can store (PostgreSQL refuses it); a byte scan first, so clean requests cost little."""
+    found = [name for name, values in request.args.lists()
+             if "\x00" in name or any("\x00" in v for v in values)]
+    found += [name for name, v in (request.view_args or {}).items()
+              if isinstance(v, str) and "\x00" in v]
+    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+        raw = request.get_data(cache=True)
+        if b"\\u0000" in raw or b"\x00" in raw:
+            found += _nul_paths(request.get_json(silent=True), "")
+    return found
+
+
+def _nul_paths(value: Any, path: str) -> list[str]:
+    """Dotted paths of the strings (or keys) in ``value`` that hold a NUL."""
+    if isinstance(value, str):
+        return [path or "_"] if "\x00" in value else []
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    found: list[str] = []
+    for key, child in items:
+        where = f"{path}.{key}" if path else str(key)
+        found += [where] if "\x00" in str(key) else _nul_paths(child, where)
+    return found
+
+
 def validation_problem(messages: Any) -> Response:
     if isinstance(messages, dict) and set(messages) <= {"json", "query", "headers", "form",
                                                         "files", "path", "view_args"}:
@@ -262,6 +289,9 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
                 return problem_response(400, "Bad Request",
                                         f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                                         type_="/problems/malformed-json")
+        with_nul = nul_fields()
+        if with_nul:
+            return validation_problem({f: ["NUL characters are not allowed."] for f in with_nul})
         return None
 
     @app.after_request

@@ -32,3 +32,32 @@ def test_database_unavailable_is_503_with_retry_after() -> None:
 def test_other_errors_stay_500_and_say_nothing_inside() -> None:
     resp = _app().test_client().post("/bug", json={})
     assert resp.status_code == 500 and "a bug" not in resp.text
+
+
+def test_nul_characters_are_refused_naming_the_field() -> None:
+    app, _api = create_base_app("probe")
+
+    @app.route("/echo", methods=["GET", "POST"])
+    def echo() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    client = app.test_client()
+    resp = client.get("/echo?search=a%00b&page=1")
+    assert resp.status_code == 422 and resp.headers["Content-Type"] == "application/problem+json"
+    assert "search" in resp.get_json()["detail"] and "page" not in resp.get_json()["detail"]
+    resp = client.post("/echo", json={"subject": {"given_name": "A\u0000"}, "tags": ["x", "\u0000"]})
+    assert resp.status_code == 422
+    assert resp.get_json()["detail"] == "Invalid or unknown fields: subject.given_name, tags.1"
+    assert client.post("/echo", json={"note": "a backslash-u: \\u0000"}).status_code == 200
+    assert client.get("/echo?search=plain").status_code == 200
+
+
+def test_nul_in_a_path_parameter_is_refused() -> None:
+    app, _api = create_base_app("probe")
+
+    @app.get("/things/<thing_id>")
+    def thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    resp = app.test_client().get("/things/a%00b")
+    assert resp.status_code == 422 and "thing_id" in resp.get_json()["detail"]
