@@ -125,14 +125,15 @@ def too_deep(body: bytes) -> bool:
     return json_depth(body) > MAX_JSON_DEPTH
 
 
-def nul_fields() -> list[str]:
+def nul_fields(body: bool = True) -> list[str]:
     """Query parameters and JSON body fields holding a NUL character, which no text column
     can store (PostgreSQL refuses it); a byte scan first, so clean requests cost little."""
     found = [name for name, values in request.args.lists()
              if "\x00" in name or any("\x00" in v for v in values)]
     found += [name for name, v in (request.view_args or {}).items()
               if isinstance(v, str) and "\x00" in v]
-    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+    # (endpoints with their own body limit and parser, e.g. HSDS import, check their own)
+    if body and request.method in ("POST", "PUT", "PATCH") and request.is_json:
         raw = request.get_data(cache=True)
         if b"\\u0000" in raw or b"\x00" in raw:
             found += _nul_paths(request.get_json(silent=True), "")
@@ -289,7 +290,7 @@ def _install_request_hooks(app: Flask, service: str, non_json: tuple[str, ...]) 
                 return problem_response(400, "Bad Request",
                                         f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                                         type_="/problems/malformed-json")
-        with_nul = nul_fields()
+        with_nul = nul_fields(body=request.endpoint not in non_json)
         if with_nul:
             return validation_problem({f: ["NUL characters are not allowed."] for f in with_nul})
         return None
