@@ -18,4 +18,4 @@ class PageArgs(Strict):
     """``limit``/``offset`` pagination; subclasses add their own filters."""
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))

@@ -84,7 +84,7 @@ def export_hsds(args: dict[str, Any]) -> Response:
 # --- HSDS read API ---------------------------------------------------------------------------
 
 class PageArgs(Strict):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**7))
     per_page = fields.Integer(load_default=50, validate=validate.Range(1, 500))
     search = fields.String(validate=validate.Length(max=200))
     format = fields.String(validate=validate.OneOf(("json",)))
