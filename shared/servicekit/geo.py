@@ -24,7 +24,7 @@ class CoarseLocation(TypedDict):
     lon: float
 
 
-def _check_coordinates(lat: float, lon: float) -> None:
+def check_coordinates(lat: float, lon: float) -> None:
     if not (math.isfinite(lat) and math.isfinite(lon)):
         raise ValueError("latitude and longitude must be finite numbers")
     if not -90.0 <= lat <= 90.0:
@@ -35,7 +35,7 @@ def _check_coordinates(lat: float, lon: float) -> None:
 
 def encode(lat: float, lon: float, precision: int = COARSE_PRECISION) -> str:
     """Return the geohash of ``(lat, lon)`` with ``precision`` characters (1-12)."""
-    _check_coordinates(lat, lon)
+    check_coordinates(lat, lon)
     if not 1 <= precision <= MAX_PRECISION:
         raise ValueError(f"precision must be between 1 and {MAX_PRECISION}, got {precision}")
     lat_range, lon_range = [-90.0, 90.0], [-180.0, 180.0]

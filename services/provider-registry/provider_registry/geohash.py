@@ -10,10 +10,9 @@ that index is computed exactly, in integers, from the float's exact value
 """
 from __future__ import annotations
 
-import math
+from servicekit.geo import MAX_PRECISION, check_coordinates
 
 BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
-MAX_PRECISION = 12
 # _SPREAD[b]: the 8 bits of b moved to the even bit positions of a 16-bit number
 _SPREAD = tuple(sum(((b >> i) & 1) << (2 * i) for i in range(8)) for b in range(256))
 
@@ -36,12 +35,7 @@ def _spread(x: int) -> int:
 def encode(lat: float, lon: float, precision: int) -> str:
     """The geohash of ``(lat, lon)`` with ``precision`` characters (1-12); the same
     string, and the same ``ValueError`` for bad input, as ``servicekit.geo.encode``."""
-    if not (math.isfinite(lat) and math.isfinite(lon)):
-        raise ValueError("latitude and longitude must be finite numbers")
-    if not -90.0 <= lat <= 90.0:
-        raise ValueError(f"latitude {lat} is outside [-90, 90]")
-    if not -180.0 <= lon <= 180.0:
-        raise ValueError(f"longitude {lon} is outside [-180, 180]")
+    check_coordinates(lat, lon)
     if not 1 <= precision <= MAX_PRECISION:
         raise ValueError(f"precision must be between 1 and {MAX_PRECISION}, got {precision}")
     total = 5 * precision
