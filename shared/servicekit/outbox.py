@@ -99,21 +99,21 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
                                        data=data, source=source, trusted=True).data == env.data
         envs.append(env)
     now = datetime.now(timezone.utc)
-    rows = [{"event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
-             "payload": events.encode(env), "created_at": now,
-             "headers": [[k, v.decode()] for k, v in events.headers_for(env, None)]}
-            for env in envs]
+    rows = [{**row_for(env), "created_at": now} for env in envs]
     session.execute(outbox.insert(), rows)  # executemany: batched multi-row INSERTs
     return envs
 
 
+def row_for(env: events.Envelope) -> dict[str, Any]:
+    """The outbox row of ``env``, ``created_at`` aside (every writer of the outbox uses it)."""
+    return {"event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
+            "payload": events.encode(env),
+            "headers": [[k, v.decode()] for k, v in events.headers_for(env, None)]}
+
+
 def add(session: Session, env: events.Envelope) -> None:
     outbox, _ = _tables(session)
-    headers = [[k, v.decode()] for k, v in events.headers_for(env, None)]
-    session.execute(outbox.insert(), {
-        "event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
-        "payload": events.encode(env), "headers": headers,
-        "created_at": datetime.now(timezone.utc)})
+    session.execute(outbox.insert(), {**row_for(env), "created_at": datetime.now(timezone.utc)})
 
 
 class OutboxRelay:

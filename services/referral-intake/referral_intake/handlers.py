@@ -143,7 +143,7 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         trusted=subject_row is not None and _AGENCY_ID_MAX >= len(principal.agency or ""))
     view = views.submitted_view(row, consent, now)
     key_row = answer(view, referral_id) if answer is not None else None
-    event = outbox_row(env)
+    event = outbox.row_for(env)
     params = {"rid": referral_id, "sid": subject_id, "now": now, "sub": principal.sub,
               **sql.bound("r_", row), **sql.bound("c_", consent_row),
               **sql.bound("o_", event)}
@@ -188,14 +188,6 @@ def submitted_data(row: dict[str, Any], coarse: dict[str, Any], eligibility: dic
         "consent": consent_summary(consent), "agency_id": row["agency_id"],
         "officer_ref": row["officer_ref"], "submitted_at": now,
     }
-
-
-def outbox_row(env: events.Envelope) -> dict[str, Any]:
-    """The outbox row of ``env`` as ``servicekit.outbox.add`` writes it (``created_at``
-    aside: the submission's own time)."""
-    return {"event_id": env.id, "topic": env.topic, "key": env.subject, "event_type": env.type,
-            "payload": events.encode(env),
-            "headers": [[k, v.decode()] for k, v in events.headers_for(env, None)]}
 
 
 def _submit_statements() -> dict[tuple[bool, bool], list[Any]]:

@@ -143,7 +143,7 @@ def test_the_outbox_row_is_the_one_the_kit_writes(intake: Intake) -> None:
         outbox.add(session, env)
     kit = intake.sql("SELECT event_id, topic, key, event_type, payload, headers, sent_at, "
                      "attempts, last_error FROM outbox")[0]
-    mine = handlers.outbox_row(env)
+    mine = outbox.row_for(env)
     assert (mine["event_id"], mine["topic"], mine["key"], mine["event_type"],
             mine["payload"], mine["headers"]) == tuple(kit[:4]) + (bytes(kit[4]), kit[5])
     assert tuple(kit[6:]) == (None, 0, None)  # left to the table's defaults in both
