@@ -194,6 +194,13 @@ ENVIRONMENT: list[EnvVar] = [
     EnvVar("CONSOLE_OIDC_SCOPES", "openid", "console", "scopes the console asks the issuer for"),
     EnvVar("CONSOLE_PUBLIC_URL", "http://127.0.0.1:8000", "console",
            "the console's own URL: OIDC redirect base; https here makes cookies Secure"),
+    EnvVar("CONSOLE_GEOCODER", "gazetteer", "console",
+           "typed address -> coordinates: gazetteer (address-points CSV, offline), nominatim "
+           "or off"),
+    EnvVar("CONSOLE_GAZETTEER", "", "console",
+           "OpenAddresses-layout CSV for the gazetteer; empty: the demo city's landmarks"),
+    EnvVar("CONSOLE_GEOCODER_URL", "", "console",
+           "Nominatim base URL (one the agency runs: the address is sent to it)"),
     # --- end console ---
     EnvVar("TEST_DATABASE_URL", "", "tests, bench",
            "PostgreSQL server for tests (admin URL); else testcontainers, else 127.0.0.1:5432"),

@@ -13,6 +13,8 @@ from pathlib import Path
 from servicekit.crypto import write_file_once
 from servicekit.settings import SERVICE_INFO, Settings
 
+from . import geocode
+
 SERVICE = "console"
 _URL_VARS = {
     "referral-intake": "CONSOLE_INTAKE_URL",
@@ -33,6 +35,7 @@ class ConsoleConfig:
     oidc_client_id: str
     oidc_client_secret: str
     oidc_scopes: str
+    geocoder: geocode.Geocoder | None = None  # None: address lookup is off
 
     @property
     def demo_sign_in(self) -> bool:
@@ -74,4 +77,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> ConsoleConfig:
         oidc_client_id=settings.get("CONSOLE_OIDC_CLIENT_ID"),
         oidc_client_secret=settings.get("CONSOLE_OIDC_CLIENT_SECRET"),
         oidc_scopes=settings.get("CONSOLE_OIDC_SCOPES"),
+        geocoder=geocode.from_settings(settings.get("CONSOLE_GEOCODER"),
+                                       settings.get("CONSOLE_GEOCODER_URL"),
+                                       settings.get("CONSOLE_GAZETTEER"),
+                                       float(settings.get("CONSOLE_API_TIMEOUT_S"))),
     )

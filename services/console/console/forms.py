@@ -65,10 +65,18 @@ assert set(NEED_LABELS) == set(events.NEEDS) and set(URGENCY_LABELS) == set(even
 
 
 def referral_body(form: Any) -> dict[str, Any]:
-    """The intake API's body from the submitted form (empty fields left out)."""
+    """The intake API's body from the submitted form (a MultiDict, or a dict whose repeated
+    fields are lists; empty fields left out). The typed address is not part of it: it only
+    served to find the coordinates."""
 
     def text(name: str) -> str:
         return str(form.get(name, "")).strip()
+
+    def many(name: str) -> list[str]:
+        if hasattr(form, "getlist"):
+            return list(form.getlist(name))
+        value = form.get(name) or []
+        return list(value) if isinstance(value, list) else [value]
 
     subject: dict[str, Any] = {k.split(".", 1)[1]: text(k) for k in TEXT_FIELDS
                if k.startswith("subject.") and text(k)}
@@ -81,14 +89,14 @@ def referral_body(form: Any) -> dict[str, Any]:
     consent: dict[str, Any] = {
         "share_with_provider": {"yes": True, "no": False}.get(share, share or None),
         "referrer_updates": text("consent.referrer_updates") or None,
-        "contact_methods": form.getlist("consent.contact_methods"),
+        "contact_methods": many("consent.contact_methods"),
         "obtained_via": text("consent.obtained_via") or None,
     }
     body: dict[str, Any] = {
         "need": text("need") or None, "urgency": text("urgency") or None,
         "subject": subject, "location": location,
         "consent": {k: v for k, v in consent.items() if v is not None},
-        "flags": form.getlist("flags"),
+        "flags": many("flags"),
     }
     if text("notes"):
         body["notes"] = text("notes")

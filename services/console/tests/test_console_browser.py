@@ -129,6 +129,12 @@ def _officer_submits(page: Page, base: str) -> tuple[str, str]:
     page.fill("#f-subject-given_name", RESIDENT["name"])
     page.fill("#f-subject-age", "34")
     page.fill("#f-subject-phone", "555 0123")  # not E.164: the API refuses it
+    page.fill("#f-location-address", "1000 Fourth Avenue, Seattle")
+    page.get_by_role("button", name="Find this address").click()
+    expect(page.locator("#location-status")).to_contain_text("Found: Seattle Central Library")
+    expect(page.locator("#f-location-lat")).to_have_value("47.60672")
+    expect(page.locator("#f-subject-phone")).to_have_value("555 0123")  # the form is kept
+    check_page(page, "03b-officer-address-found")
     page.get_by_role("button", name="Use my current location").click()
     expect(page.locator("#f-location-lat")).to_have_value("47.60970")
     for control in ("#f-share-yes", "#f-updates-milestones", "#f-contact-phone",
@@ -158,6 +164,15 @@ def _supervisor_sees_it(page: Page, base: str, referral_id: str, short_id: str) 
     expect(page.locator("[data-metric=funnel-accepted]")).to_have_text("1")
     assert page.evaluate("document.getElementById('chart-funnel').width") > 0  # drawn
     check_page(page, "09-supervisor-dashboard")
+    # the figures and charts refresh in place (every 20 s, and at once on a live event);
+    # the charts are drawn again and a figures table the reader opened stays open
+    drawn = page.get_attribute("body", "data-charts-drawn")
+    assert drawn
+    page.locator("#h-funnel ~ details summary").click()
+    page.evaluate("htmx.trigger(document.body, 'live')")
+    expect(page.locator("body")).not_to_have_attribute("data-charts-drawn", drawn)
+    expect(page.locator("#h-funnel ~ details")).to_have_attribute("open", "")
+    assert page.evaluate("document.getElementById('chart-funnel').width") > 0
     page.goto(base + "/supervisor/referrals")
     expect(page.get_by_role("link", name=short_id)).to_be_visible()
     check_page(page, "10-supervisor-referrals")

@@ -84,6 +84,62 @@ def test_validation_errors_appear_next_to_their_fields_in_plain_language(
     assert _officer_list(backend)["total"] == 0
 
 
+def test_a_typed_address_fills_the_coordinates_and_is_not_sent(
+        console: Flask, backend: Backend) -> None:
+    client = console.test_client()
+    sign_in(client, OFFICER)
+    key, csrf = _new_form(client)
+    address = {"location.lat": "", "location.lon": "",
+               "location.address": "1000 Fourth Avenue, Seattle"}
+    found = client.post("/referrals/new", data=_form(key, csrf, action="locate", **address))
+    assert found.status_code == 200
+    assert "Found: Seattle Central Library (1000 4th Ave)" in found.text
+    assert 'value="47.60672"' in found.text and 'value="-122.33250"' in found.text
+    assert 'value="+12065550188"' in found.text and f'value="{key}"' in found.text
+    assert _officer_list(backend)["total"] == 0  # looking up sends nothing
+
+    # sending straight away looks the address up too
+    sent = client.post("/referrals/new", data=_form(key, csrf, **address))
+    assert sent.status_code == 303
+    listing = _officer_list(backend)
+    assert listing["total"] == 1
+    assert "Fourth" not in repr(listing) and "Fourth" not in sent.headers["Location"]
+
+
+def test_an_ambiguous_or_unknown_address_asks_the_officer(
+        console: Flask, backend: Backend) -> None:
+    client = console.test_client()
+    sign_in(client, OFFICER)
+    key, csrf = _new_form(client)
+    blank = {"location.lat": "", "location.lon": ""}
+    unknown = client.post("/referrals/new", data=_form(
+        key, csrf, **blank, **{"location.address": "12 Nowhere Lane"}))
+    assert unknown.status_code == 422
+    assert re.search(r'id="err-location-address">No place found', unknown.text)
+
+    several = client.post("/referrals/new", data=_form(
+        key, csrf, **blank, **{"location.address": "station"}))
+    assert several.status_code == 422 and "Several places match" in several.text
+    picks = re.findall(r'name="location.pick" value="([^"]+)"', several.text)
+    assert len(picks) >= 2
+    assert _officer_list(backend)["total"] == 0
+    chosen = client.post("/referrals/new", data=_form(
+        key, csrf, **blank, **{"location.address": "station", "location.pick": picks[1]}))
+    assert chosen.status_code == 303
+    assert _officer_list(backend)["total"] == 1
+
+
+def test_address_lookup_can_be_switched_off(backend: Backend) -> None:
+    from console.app import create_app
+
+    client = create_app(backend.console_config(CONSOLE_GEOCODER="off")).test_client()
+    sign_in(client, OFFICER)
+    key, csrf = _new_form(client)
+    assert 'name="location.address"' not in client.get("/referrals/new").text
+    resp = client.post("/referrals/new", data=_form(key, csrf, action="locate"))
+    assert resp.status_code == 200 and "Address lookup is off" in resp.text
+
+
 def test_expired_session_returns_to_sign_in_with_only_the_path(
         console: Flask, backend: Backend) -> None:
     client = console.test_client()

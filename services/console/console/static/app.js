@@ -35,7 +35,8 @@
   }
   function restoreDraft(form) {
     var raw = sessionStorage.getItem(draftKey(form));
-    if (!raw || form.querySelector("[aria-invalid=true]")) return; // server values win
+    // server values win: a form the server sent back (errors, a looked-up address) has them
+    if (!raw || form.hasAttribute("data-server-values")) return;
     var data = JSON.parse(raw);
     Array.prototype.forEach.call(form.elements, function (el) {
       if (!el.name || SKIP[el.name] || !(el.name in data)) return;
@@ -51,9 +52,9 @@
       restoreDraft(form);
       form.addEventListener("input", function () { saveDraft(form); });
       form.addEventListener("change", function () { saveDraft(form); });
-      form.addEventListener("submit", function () {
+      form.addEventListener("submit", function (event) {
         saveDraft(form);
-        var button = form.querySelector("button[type=submit]");
+        var button = event.submitter || form.querySelector("button[type=submit]");
         // the Idempotency-Key makes a second send harmless; this only avoids the wait
         if (button) setTimeout(function () { button.disabled = true; }, 0);
       });
@@ -82,6 +83,18 @@
     });
   }
 
+  // --- a place picked among several found for a typed address fills the coordinates --------
+  function setupPlaces() {
+    document.querySelectorAll("input[name='location.pick']").forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        document.getElementById("f-location-lat").value = radio.getAttribute("data-lat");
+        document.getElementById("f-location-lon").value = radio.getAttribute("data-lon");
+        var status = document.getElementById("location-status");
+        if (status) status.textContent = "Coordinates filled in from the place you chose.";
+      });
+    });
+  }
+
   // --- live updates: the console's own event stream -----------------------------------------
   function setupLive() {
     var url = document.body.getAttribute("data-live");
@@ -98,6 +111,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     setupDrafts();
     setupLocation();
+    setupPlaces();
     setupLive();
     tick();
     setInterval(tick, 1000);

@@ -31,22 +31,26 @@ def _optional(service: str, path: str, **params: Any) -> tuple[Any, str | None]:
         return None, f"not available: {exc}"
 
 
-@bp.get("/")
-@roles("supervisor")
-def dashboard() -> str:
+def _dashboard() -> dict[str, Any]:
+    """What the dashboard shows: chart data, why statistics are missing, the unmatched queue."""
     stats, stats_missing = _optional("referral-intake", "/v1/stats")
     items = api().get("referral-intake", "/v1/referrals", status="unmatched", limit=100)["items"]
     data = charts.from_stats(stats) if stats else charts.from_list(_list())
-    return render_template("supervisor/dashboard.html", d=data, stats_missing=stats_missing,
-                           unmatched=items, live=True, f=forms)
+    return {"d": data, "stats_missing": stats_missing, "unmatched": items, "f": forms}
+
+
+@bp.get("/")
+@roles("supervisor")
+def dashboard() -> str:
+    return render_template("supervisor/dashboard.html", live=True, **_dashboard())
 
 
 @bp.get("/dashboard/numbers")
 @roles("supervisor")
 def dashboard_numbers() -> str:
-    stats, _ = _optional("referral-intake", "/v1/stats")
-    data = charts.from_stats(stats) if stats else charts.from_list(_list())
-    return render_template("partials/dashboard_numbers.html", d=data)
+    """The figures, charts and queue the dashboard refreshes (htmx, on a live event and every
+    20 s)."""
+    return render_template("partials/dashboard_numbers.html", **_dashboard())
 
 
 @bp.get("/referrals")
