@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
+from sqlalchemy.exc import IntegrityError
 
 from servicekit import idempotency
 from servicekit.auth import current_principal, requires
@@ -149,13 +150,29 @@ def create_referral(body: dict[str, Any]) -> Response:
         handlers.submit_referral(session, _ctx(), principal, body, answer=lambda view, rid:
                                  answer(201, _submitted_answer(view), rid))
 
-    try:
-        return idempotency.run(_db(), principal=f"{principal.role}:{principal.sub}",
-                               key=idempotency.request_key(), payload=request.get_json(),
-                               work=work, check_first=False,  # new keys are the rule
-                               writes_key=True)
-    except _EXPECTED as error:
-        return translate(error)
+    for attempt in range(_SHORT_ID_DRAWS):
+        try:
+            return idempotency.run(_db(), principal=f"{principal.role}:{principal.sub}",
+                                   key=idempotency.request_key(), payload=request.get_json(),
+                                   work=work, check_first=False,  # new keys are the rule
+                                   writes_key=True)
+        except IntegrityError as error:
+            # another referral already has the short id: nothing was committed, so submit
+            # again under a new referral id (and short id)
+            if attempt + 1 == _SHORT_ID_DRAWS or not _short_id_clash(error):
+                raise
+        except _EXPECTED as error:
+            return translate(error)
+    raise AssertionError("unreachable")
+
+
+_SHORT_ID_DRAWS = 3  # a clash is about one in 10^6 at a thousand referrals: three is plenty
+
+
+def _short_id_clash(error: IntegrityError) -> bool:
+    diag = getattr(error.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None) or str(error.orig)
+    return "short_id" in name
 
 
 @blp.route("/referrals", methods=["GET"])

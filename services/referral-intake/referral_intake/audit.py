@@ -18,9 +18,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from servicekit import events
@@ -77,10 +79,21 @@ _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == bin
 _HEAD_LOCKED = _HEAD.with_for_update()
 
 
-def lock_head(session: Session, chain: int) -> Any:
-    """Lock chain ``chain``'s head until commit; returns its (seq, hash)."""
-    query = _HEAD_LOCKED if session.get_bind().dialect.name == "postgresql" else _HEAD
-    return session.connection().execute(query, {"chain": chain}).one()
+class Head(NamedTuple):
+    seq: int
+    hash: str
+
+
+def lock_head(session: Session | Connection, chain: int) -> Head:
+    """Lock chain ``chain``'s head until commit; returns its (seq, hash). ``session``: the
+    session or its connection."""
+    conn = session if isinstance(session, Connection) else session.connection()
+    if conn.dialect.name != "postgresql":
+        return Head(*conn.execute(_HEAD, {"chain": chain}).one())
+    rows = sql.run(conn, _HEAD_LOCKED, {"chain": chain}) or []
+    if len(rows) != 1:
+        raise NoResultFound(f"audit chain {chain} has {len(rows)} head rows")
+    return Head(*rows[0])
 
 
 def entry(key: bytes, head: Any, *, chain: int, actor: Principal | None, action: str,

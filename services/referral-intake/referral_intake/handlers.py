@@ -153,11 +153,12 @@ def submit_referral(session: Session, ctx: Context, principal: Principal,
         params.update(sql.bound("k_", key_row))
     # last before the commit, so the audit chain's head stays locked only for one write
     chain = audit.chain_of(subject_id)
+    conn = session.connection()
     params.update(sql.bound(audit.PREFIX, audit.entry(
-        ctx.audit_key, audit.lock_head(session, chain), chain=chain, actor=principal,
+        ctx.audit_key, audit.lock_head(conn, chain), chain=chain, actor=principal,
         action="write", purpose="intake", fields=written + (["notes"] if notes else []),
         referral_id=referral_id, subject_id=subject_id, now=now)))
-    sql.execute_all(session, _SUBMIT[subject_row is not None, key_row is not None], params)
+    sql.execute_all(conn, _SUBMIT[subject_row is not None, key_row is not None], params)
     return view
 
 

@@ -258,3 +258,61 @@ def _officer() -> Any:
     from servicekit.auth import Principal
 
     return Principal(sub="officer-a", role="officer", agency="pd")
+
+
+def test_a_short_id_clash_draws_another_id(intake: Intake, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Short ids are 30 random bits, so two referrals may draw the same one: the submission
+    is then made again under new ids instead of answering 500."""
+    first = intake.submit()
+    drawn: list[str] = []
+    real = handlers.domain.short_id
+
+    def clashing_once(rid: str) -> str:
+        drawn.append(rid)
+        return first["short_id"] if len(drawn) == 1 else real(rid)
+
+    monkeypatch.setattr(handlers.domain, "short_id", clashing_once)
+    second = intake.submit(headers=dict(intake.officer(), **{"Idempotency-Key": "k-clash"}))
+    assert len(drawn) == 2 and second["id"] == drawn[1] != drawn[0]
+    assert second["short_id"] != first["short_id"]
+    assert intake.sql("SELECT count(*) FROM referrals")[0][0] == 2
+    assert len(intake.events(events.REFERRAL_SUBMITTED)) == 2
+    assert intake.client.post("/v1/referrals", json=referral_body(), headers=dict(
+        intake.officer(), **{"Idempotency-Key": "k-clash"})).get_json()["id"] == second["id"]
+
+
+def test_short_ids_use_random_bits_of_the_uuid() -> None:
+    """The version digit of a uuid4 is fixed: 10^5 referrals share about 5 short ids of 30
+    random bits (more than 25 is below one in 10^9), where 26 bits gave about 75."""
+    ids = {handlers.domain.short_id(str(uuid.uuid4())) for _ in range(100_000)}
+    assert len(ids) >= 100_000 - 25
+
+
+def test_statements_sent_straight_to_the_cursor_behave_like_execute(intake: Intake) -> None:
+    """``sql.run`` (PostgreSQL, in a transaction): the rows ``execute`` gives, driver errors
+    wrapped by SQLAlchemy (so idempotency and 503 handling see them) with parameters
+    hidden, and statements it does not cover sent through ``execute``."""
+    append = sql.combined([audit.APPEND, audit.ADVANCE])
+    row = {"chain": 3, "seq": 1, "occurred_at": "2026-01-01T00:00:00.000Z",
+           "actor": "secret-actor-7", "role": "officer", "action": "write", "purpose": "intake",
+           "referral_id": None, "subject_id": None, "fields": ["phone"], "outcome": "ok",
+           "prev_hash": audit.GENESIS, "hash": "f" * 64}
+    with intake.db.transaction() as session:
+        conn = session.connection()
+        assert sql._direct(conn, audit._HEAD_LOCKED) is not None
+        assert sql._direct(conn, append) is not None
+        assert audit.lock_head(conn, 3) == tuple(conn.execute(audit._HEAD, {"chain": 3}).one())
+        assert sql.run(conn, append, sql.bound(audit.PREFIX, row)) is None
+        assert audit.lock_head(conn, 3) == (1, "f" * 64)
+        with pytest.raises(IntegrityError) as raised:  # the same entry again
+            sql.run(conn, append, sql.bound(audit.PREFIX, row))
+        assert "secret-actor-7" not in str(raised.value)
+        session.rollback()
+    with intake.db.transaction() as session:
+        conn = session.connection()
+        returning = audit.ADVANCE.returning(audit.audit_head.c.seq)
+        assert sql._direct(conn, returning) is None  # not covered: execute
+        assert sql.run(conn, returning, {"a_chain": 3, "a_seq": 0, "a_hash": audit.GENESIS}) \
+            == [(0,)]
+        session.rollback()

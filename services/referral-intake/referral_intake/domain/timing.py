@@ -39,8 +39,14 @@ def add_business_time(start: datetime, duration: timedelta) -> datetime:
 
 
 def short_id(referral_uuid_hex: str, length: int = 6) -> str:
-    """A human-friendly id (``R-7F3KQ2``) for notifications and phone calls."""
-    n = int(referral_uuid_hex.replace("-", "")[:16], 16)
+    """A human-friendly id (``R-7F3KQ2``) for notifications and phone calls.
+
+    Its characters come from the uuid's first 32 bits, all random in a uuid4 (digits 9 to 16
+    include the fixed version digit: 6 characters held only 26 random bits, and a few
+    thousand referrals already shared one). Not unique by construction: the submission
+    draws another id on the rare clash with the unique column.
+    """
+    n = int(referral_uuid_hex.replace("-", "")[:8], 16)
     chars = []
     for _ in range(length):
         n, r = divmod(n, len(_SHORT_ALPHABET))
