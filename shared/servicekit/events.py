@@ -554,18 +554,20 @@ def new_event(type: str, *, subject: str, sequence: int, data: Mapping[str, Any]
                     causation_id=causation_id, data=serialised)
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def _plain(value: Any) -> Any:
     """``value`` in the JSON form the event schemas dump: RFC 3339 times, ISO dates, lists."""
-    kind = type(value)
-    if kind in _JSON_SCALARS:  # exact type checks first: this runs per field in bulk emits
-        return value
-    if kind is dict or isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+    kind = type(value)  # exact type checks, and scalars kept without a call: this runs per
+    if kind is dict:  # field in bulk emits
+        return {k: v if type(v) in _JSON_SCALARS else _plain(v) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [_plain(v) for v in value]
+        return [v if type(v) in _JSON_SCALARS else _plain(v) for v in value]
+    if kind in _JSON_SCALARS:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, dt.datetime):
         return format_time(value)
     if isinstance(value, dt.date):

@@ -113,6 +113,47 @@ def test_every_bad_record_is_reported_with_its_reason_and_the_good_ones_import(
     assert "51.5" not in json.dumps(report)  # reasons never echo values
 
 
+def test_a_chunk_the_database_refuses_is_redone_record_by_record_and_counted_once(
+        reg: Harness) -> None:
+    """A chunk the database refuses is rolled back and its records redone one transaction
+    each: what the failed attempt counted (unchanged, rejected before writing, warnings)
+    must not stay in the report next to the retry's own counts."""
+    assert importer.import_source(reg.db, sources.from_json([_example()]),
+                                  default_radius_km=25).created == 1
+    unchanged = _example()
+    ages = _example()
+    ages["id"] = "55555555-5555-4555-8555-555555555555"
+    ages["minimum_age"], ages["maximum_age"] = 40, 12
+    refused = _example()  # valid HSDS, but a phone number longer than the column holds
+    refused["id"] = "66666666-6666-4666-8666-666666666666"
+    refused["phones"][0] |= {"id": "66666666-0000-4666-8666-666666666666",
+                             "number": "1" * 150}
+    del refused["service_at_locations"]
+    refused["service_areas"] = [{"id": "66666666-1111-4666-8666-666666666666",
+                                 "extent": "geohashes=gcpv"}]
+    warned = copy.deepcopy(refused)
+    warned["id"] = "77777777-7777-4777-8777-777777777777"
+    warned["phones"] = []
+    warned["languages"][0]["code"] = "not a tag"
+    warned["service_areas"][0]["id"] = "77777777-1111-4777-8777-777777777777"
+    for i, attribute in enumerate(warned["attributes"]):  # ids are global, not per service
+        attribute["id"] = f"77777777-2222-4777-8777-{i:012d}"
+    report = importer.import_source(
+        reg.db, sources.from_json([unchanged, ages, refused, warned]), default_radius_km=25,
+        chunk_size=10)
+    assert (report.created, report.updated, report.unchanged, report.rejected) == (1, 0, 1, 2)
+    assert sorted((r["record"], r["status"]) for r in report.records) == [
+        (f"service {ages['id']}", "rejected"), (f"service {refused['id']}", "rejected"),
+        (f"service {warned['id']}", "imported")]
+    reasons = {r["record"]: r.get("errors") or r.get("warnings") for r in report.records}
+    [refusal] = reasons[f"service {refused['id']}"]
+    assert refusal.startswith("database refused the record")
+    assert any("languages.0.code" in w for w in reasons[f"service {warned['id']}"])
+    assert reg.count("service") == 2  # nothing of `ages` or `refused`
+    # `warned`, then the first service again: its organization was written anew
+    assert [e.subject for e in reg.outbox()] == [EXAMPLE_ID, warned["id"], EXAMPLE_ID]
+
+
 def test_import_is_admin_only_and_rejects_what_is_not_hsds(reg: Harness) -> None:
     assert _post(reg, _example(), role="provider").status_code == 403
     resp = _post(reg, b"not json at all")
@@ -393,3 +434,28 @@ def test_bulk_id_lists_are_one_array_value_not_parsed_again_for_every_row(
             "EXPLAIN " + str(compiled), compiled.params).scalars().all()
     [condition] = [line for line in plan if "Filter" in line]
     assert "ANY ('{" in condition and "cstring" not in condition, condition[-120:]
+
+
+def test_bulk_events_keep_every_byte_of_their_data_and_count_sequences_per_service(
+        reg: Harness) -> None:
+    """emit_many writes the outbox by COPY on PostgreSQL: backslashes, quotes, tabs,
+    newlines and non-ASCII text must come back exactly, and each service's events number
+    1, 2, ... whatever else the batch holds."""
+    first = _example()
+    first["name"] = 'Caf\u00e9 \\N \\\\ "quoted"\ttab\nline \u2603 \U0001f3e0'
+    second = _example()
+    second["id"] = "88888888-8888-4888-8888-888888888888"
+    second["service_at_locations"][0] |= {"id": "88888888-0000-4888-8888-888888888888"}
+    for i, attribute in enumerate(second["attributes"]):
+        attribute["id"] = f"88888888-2222-4888-8888-{i:012d}"
+    second["phones"][0]["id"] = "88888888-1111-4888-8888-888888888888"
+    assert importer.import_source(reg.db, sources.from_json([first, second]),
+                                  default_radius_km=25).created == 2
+    first["description"] = "Changed."
+    assert importer.import_source(reg.db, sources.from_json([first]),
+                                  default_radius_km=25).updated == 1
+    envs = reg.outbox()
+    assert [(e.subject, e.sequence) for e in envs] == [
+        (EXAMPLE_ID, 1), (second["id"], 1), (EXAMPLE_ID, 2), (second["id"], 2)]  # the
+    # last: `second` shares the organization and site that the re-import wrote again
+    assert envs[0].data["service_name"] == envs[2].data["service_name"] == first["name"]

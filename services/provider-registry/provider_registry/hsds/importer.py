@@ -45,6 +45,15 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add(self, other: Report) -> None:
+        """Count in what ``other`` (one committed transaction's share) found."""
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected += other.rejected
+        self.organizations += other.organizations
+        self.records += other.records
+
 
 @dataclass(frozen=True)
 class Options:
@@ -88,12 +97,12 @@ def _import_source(db: Database, src: Source, *, default_radius_km: float, chunk
     touched: dict[str, set[str]] = {"org": set(), "loc": set(), "svc": set()}
     for start in range(0, len(src.services), chunk_size):
         chunk = src.services[start:start + chunk_size]
-        try:
-            with db.transaction() as session:
-                _import_chunk(session, chunk, src, report, now, opts, touched)
-        except SQLAlchemyError:
+        if _import_committed(db, chunk, src, report, now, opts, touched) is not None:
             for one in chunk:  # find the record the database refuses; keep the others
-                _import_alone(db, one, src, report, now, opts, touched)
+                if (refusal := _import_committed(db, [one], src, report, now, opts, touched)
+                        ) is not None:
+                    _reject(report, one[0], [
+                        f"database refused the record ({type(refusal).__name__})"])
         done += len(chunk)
         if progress:
             progress(done, len(src.services))
@@ -102,15 +111,24 @@ def _import_source(db: Database, src: Source, *, default_radius_km: float, chunk
     return report
 
 
-def _import_alone(db: Database, one: tuple[str, dict[str, Any]], src: Source, report: Report,
-                  now: datetime, opts: Options, touched: dict[str, set[str]]) -> None:
+def _import_committed(db: Database, chunk: list[tuple[str, dict[str, Any]]], src: Source,
+                      report: Report, now: datetime, opts: Options,
+                      touched: dict[str, set[str]]) -> SQLAlchemyError | None:
+    """Import ``chunk`` in one transaction; only once it committed do its counts, report
+    records and touched ids join ``report`` and ``touched`` (a refused chunk is redone
+    record by record, which must not count anything twice). The database's refusal, if
+    it refused the chunk."""
+    mine = Report()
+    seen: dict[str, set[str]] = {"org": set(), "loc": set(), "svc": set()}
     try:
         with db.transaction() as session:
-            _import_chunk(session, [one], src, report, now, opts, touched)
+            _import_chunk(session, chunk, src, mine, now, opts, seen)
     except SQLAlchemyError as exc:
-        report.rejected += 1
-        report.records.append({"record": one[0], "status": "rejected",
-                               "errors": [f"database refused the record ({type(exc).__name__})"]})
+        return exc
+    report.add(mine)
+    for kind, ids in seen.items():
+        touched[kind] |= ids
+    return None
 
 
 def _known_terms(session: Session, src: Source) -> dict[str, dict[str, Any]]:

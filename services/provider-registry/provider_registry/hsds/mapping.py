@@ -53,8 +53,14 @@ class Bundle:
     digest: str = ""
 
 
+# ``json.dumps(doc, sort_keys=True, default=str)`` exactly (stored digests stay valid),
+# without rebuilding the encoder per call or its circular-reference bookkeeping (a
+# document read from JSON or CSV is a tree)
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, default=str, check_circular=False)
+
+
 def digest(doc: Any) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_DIGEST_JSON.encode(doc).encode()).hexdigest()
 
 
 def _hhmm(value: str | None, path: str, errors: list[str]) -> str | None:

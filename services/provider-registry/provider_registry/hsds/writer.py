@@ -107,7 +107,9 @@ def write_taxonomy(session: Session, taxonomies: list[dict[str, Any]],
     _upsert(session, t.taxonomy, _unique([{c: x.get(c) for c in cols}
                                           for x in [taxonomy.TAXONOMY, *taxonomies]]))
     tcols = [c.name for c in t.taxonomy_term.columns]
-    _upsert(session, t.taxonomy_term, _unique([{c: x.get(c) for c in tcols} for x in terms]))
+    # the bundles of a chunk name the same few terms thousands of times: pick each once
+    # (``_unique``: the last of an id, in the place of its first) before building rows
+    _upsert(session, t.taxonomy_term, [{c: x.get(c) for c in tcols} for x in _unique(terms)])
 
 
 def write_organizations(session: Session, rows: list[dict[str, Any]], now: datetime) -> int:
@@ -187,10 +189,13 @@ def _write_links(session: Session, bundles: list[Bundle], svc_ids: list[str],
     }
     for table, values in rows.items():
         insert_rows(session, table, values)
-    # every other service at these sites: a moved site moves them too
-    others = set(session.execute(select(t.service_at_location.c.service_id).where(
-        t.one_of(session, t.service_at_location.c.location_id, loc_ids))).scalars())
-    search_index.refresh(session, service_ids=sorted(others - set(svc_ids)))
+    # every other service at these sites: a moved site moves them too (the chunk's own
+    # services are most of the links at its sites: left out by the database, not fetched)
+    sal = t.service_at_location.c
+    others = set(session.execute(select(sal.service_id).where(
+        t.one_of(session, sal.location_id, loc_ids),
+        ~t.one_of(session, sal.service_id, svc_ids))).scalars())
+    search_index.refresh(session, service_ids=sorted(others))
 
 
 def write_capacities(session: Session, capacities: dict[str, Any], now: datetime) -> None:
