@@ -186,6 +186,29 @@ class Audit:
     def referral_count(self) -> int:
         return int(self.rows("referral-intake", "SELECT count(*) FROM referrals")[0][0])
 
+    def warm_up(self, stack: Stack, n: int = 5, timeout: float = 180) -> None:
+        """Send ``n`` referrals and wait until each has its routing outcome and, if offered,
+        the provider's notification: every worker's consumer has then joined its group and
+        committed. Until a group has committed, ``lag`` cannot count it, so a case started
+        on a fresh stack could look settled with a worker still joining; and a worker
+        killed while joining stays in the rebalance until the broker's rebalance timeout
+        (max.poll.interval.ms, 5 minutes) ends it."""
+        load = Load()
+        submit(stack, n, load)
+        ids = set(load.acked.values())
+
+        def through() -> bool:
+            one, _, _ = self.outcomes(ids)
+            return one == n and self.offers_without_one_notification(ids) == 0 \
+                and self.backlog() == 0
+
+        deadline = time.monotonic() + timeout
+        while not through():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"warm-up: {n} referrals not routed and notified in "
+                                     f"{timeout}s")
+            time.sleep(0.5)
+
     def offers_without_one_notification(self, referral_ids: set[str]) -> int:
         """Referrals offered to a provider without exactly one in-app offer notification."""
         offered = {str(r[0]) for r in self.rows(
