@@ -86,6 +86,7 @@ _ROWS_BY_ID = text(f"SELECT v.service_id, {_COLUMNS}, COALESCE(c.xact, 0) FROM s
 # changes are read in xact order with a LIMIT, so that plan scans ix_directory_changes_xact
 # whatever the statistics say (a full batch means there may be more: see ``_look``).
 CHANGES_PER_LOOK = 1000
+LOAD_BATCH = 5000  # rows per fetch while the index loads
 _LOOK_PG = f"""
 SELECT 0, u.sid, COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0),
        COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0),
@@ -503,20 +504,28 @@ class DirectoryIndex:
         collecting = gc.isenabled()
         gc.disable()  # millions of new long-lived objects: no point scanning them meanwhile
         try:
+            top = 0
+
+            def put_all(rows: Iterable[Sequence[Any]]) -> None:
+                nonlocal top
+                for row in rows:
+                    if row[0] in overlay:  # this transaction's own version: re-read after
+                        self._recheck.add(row[0])
+                        continue
+                    xact = int(row[16])
+                    top = max(top, xact)
+                    self._put(make_entry(self._parser.candidate(row), xact))
+
             if self._pg(session):
                 snap = conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
-                with _driver(conn).cursor() as cur:
-                    rows = cur.execute(_ALL_ROWS).fetchall()
+                # a server-side cursor, read in batches: the whole result at once (rows of
+                # JSON text) cost as much memory as the index, kept by the allocators after
+                with _driver(conn).cursor(name=f"matching_index_{id(self)}") as cur:
+                    cur.itersize = LOAD_BATCH
+                    cur.execute(_ALL_ROWS)
+                    put_all(cur)
             else:
-                rows = list(conn.exec_driver_sql(_ALL_ROWS))
-            top = 0
-            for row in rows:
-                if row[0] in overlay:  # this transaction's own version: re-read after it
-                    self._recheck.add(row[0])
-                    continue
-                xact = int(row[16])
-                top = max(top, xact)
-                self._put(make_entry(self._parser.candidate(row), xact))
+                put_all(conn.exec_driver_sql(_ALL_ROWS))
             self._snapshot = _parse_snapshot(snap) if self._pg(session) else (top + 1, [])
             self.loads += 1
         except BaseException:
