@@ -183,15 +183,14 @@ def grid_geohash(key: GridKey) -> str:
                    for k in range(precision))
 
 
+_SHIFTS = [[(p, lon - _bits(p)[0], lat - _bits(p)[1]) for p in range(1, precision + 1)]
+           for precision, (lon, lat) in enumerate(_bits(n) for n in range(13))]
+
+
 def lookup_grid(geohash: str) -> list[GridKey]:
     """The grid keys of every non-empty prefix of a referral's cell (``lookup_cells``)."""
     precision, x, y = geohash_grid(geohash[:geo.COARSE_PRECISION])
-    lon_bits, lat_bits = _bits(precision)
-    out = []
-    for p in range(1, precision + 1):
-        lb, tb = _bits(p)
-        out.append((p, x >> (lon_bits - lb), y >> (lat_bits - tb)))
-    return out
+    return [(p, x >> dx, y >> dy) for p, dx, dy in _SHIFTS[precision]]
 
 
 Box = tuple[float, float, float, float]  # lat_min, lat_max, lon_min, lon_max

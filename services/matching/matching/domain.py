@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property, partial
 
-from .eligibility import first_failure
+from .eligibility import sift
 from .scoring import DEFAULT_WEIGHTS, Factors, Weights, factors
 
 __all__ = ["CONSTRAINTS", "DEFAULT_WEIGHTS", "Candidate", "Decision", "LoadChange",
@@ -197,29 +197,47 @@ def evaluate(referral: Referral, candidates: Sequence[Candidate], now: datetime,
 
     ``pre_eliminated`` adds counts of candidates already filtered out before the call
     (for example by category in a database query); they count as considered.
+
+    The same as ``first_failure`` and ``score`` per candidate (a test holds it to them),
+    with the constraints checked by ``eligibility.sift`` and the distance its area check
+    computed reused for the score.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     eliminated = dict.fromkeys(CONSTRAINTS, 0)
     for code, count in (pre_eliminated or {}).items():
         eliminated[code] = eliminated.get(code, 0) + count
-    excluded: list[tuple[str, str]] = []
-    ranked: list[Ranked] = []
     pending: dict[str, int] = {}
     for c in candidates:
-        pending[c.organization_id] = pending.get(c.organization_id, 0) + c.open_offers
-    for candidate in candidates:
-        failed = first_failure(referral, candidate, now)
-        if failed is None:
-            ranked.append(score(referral, candidate, weights,
-                                pending.get(candidate.organization_id, 0)))
-        else:
-            eliminated[failed] += 1
-            excluded.append((candidate.service_id, failed))
-    ranked.sort(key=lambda item: (-item.score, item.candidate.service_id))
+        if c.open_offers:  # adding 0 would change no sum
+            pending[c.organization_id] = pending.get(c.organization_id, 0) + c.open_offers
+    fitting, excluded = sift(referral, candidates, now)
+    for _, failed in excluded:
+        eliminated[failed] += 1
+    keyed = []
+    for i, (candidate, distance) in enumerate(fitting):
+        org_pending = pending.get(candidate.organization_id, 0)
+        f = factors(referral, candidate, org_pending, weights, distance)
+        total = f.total(weights)
+        # best first, ties by service_id, then input order (as a stable sort by those two);
+        # the index is unique, so a Ranked is never compared
+        keyed.append((-total, candidate.service_id, i,
+                      _ranked(candidate, total, f.distance_km,
+                              partial(_reasons, referral, candidate, f, org_pending))))
+    keyed.sort()
     considered = len(candidates) + sum((pre_eliminated or {}).values())
-    return Decision(ranked=tuple(ranked), eliminated=eliminated, excluded=tuple(excluded),
-                    considered=considered)
+    return Decision(ranked=tuple(k[3] for k in keyed), eliminated=eliminated,
+                    excluded=tuple(excluded), considered=considered)
+
+
+def _ranked(candidate: Candidate, score: float, distance_km: float | None,
+            explain: Callable[[], tuple[Reason, ...]]) -> Ranked:
+    """``Ranked(...)`` without the frozen dataclass' ``__init__`` (a setattr per field):
+    the same instance state, for every eligible candidate of every decision."""
+    ranked = object.__new__(Ranked)
+    object.__setattr__(ranked, "__dict__", {"candidate": candidate, "score": score,
+                                            "distance_km": distance_km, "explain": explain})
+    return ranked
 
 
 def as_full(candidate: Candidate) -> Candidate:

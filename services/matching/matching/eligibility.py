@@ -3,7 +3,7 @@ the elimination code. Pure, like ``domain`` (whose types it reads but never buil
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, TypeAlias
@@ -215,6 +215,89 @@ def first_failure(referral: Referral, candidate: Candidate, now: datetime) -> st
     if c.service_id in r.tried:
         return "already_tried"
     return None
+
+
+UNKNOWN: object = object()  # a distance ``sift`` did not compute (None: "no location")
+
+
+def sift(referral: Referral, candidates: Iterable[Candidate], now: datetime
+         ) -> tuple[list[tuple[Candidate, object]], list[tuple[str, str]]]:
+    """``first_failure`` of every candidate, for one referral at one time (what
+    ``domain.evaluate`` asks): the fitting candidates, each with the distance the area check
+    computed (``UNKNOWN`` when it needed none), and (service_id, code) of the others, both in
+    input order. The same checks in the same order (a test holds it to ``first_failure``),
+    with what depends on the referral alone worked out once, and each schedule object
+    judged once per call."""
+    r = referral
+    need, flags, tried = r.need, r.flags, r.tried
+    gender = None if r.gender is None else r.gender.lower()
+    language = r.preferred_language if r.needs_interpreter and r.preferred_language else None
+    primary = None if language is None else primary_language(language)
+    emergency = r.urgency == "emergency"
+    span: object = UNKNOWN  # worked out when first needed
+    lat, lon = r.lat, r.lon
+    schedules: dict[int, tuple[bool, Schedule]] = {}  # the schedule kept: its id stays its own
+    fitting: list[tuple[Candidate, object]] = []
+    failed: list[tuple[str, str]] = []
+    for c in candidates:
+        if need not in c.categories:
+            failed.append((c.service_id, "category"))
+            continue
+        if c.status != "active":
+            failed.append((c.service_id, "inactive"))
+            continue
+        if not c.accepting:
+            failed.append((c.service_id, "not_accepting"))
+            continue
+        if not c.open_offers + c.active_cases < c.capacity_max:
+            failed.append((c.service_id, "at_capacity"))
+            continue
+        if span is UNKNOWN:
+            span = _age_range(r)
+        if span is not None and not (
+                (c.age_min is None or span[0] >= c.age_min)  # type: ignore[index]
+                and (c.age_max is None or span[1] <= c.age_max)):  # type: ignore[index]
+            failed.append((c.service_id, "age"))
+            continue
+        if c.genders and gender is not None and gender not in {g.lower() for g in c.genders}:
+            failed.append((c.service_id, "gender"))
+            continue
+        if c.populations and not c.populations & flags:
+            failed.append((c.service_id, "population"))
+            continue
+        if (primary is not None and not c.interpretation_available
+                and primary not in _primaries(c.languages)):
+            failed.append((c.service_id, "language"))
+            continue
+        # in_area, keeping the distance it computes (nearest_km, the in-memory index's hint
+        # read here as nearest_km reads it)
+        distance: object = UNKNOWN
+        radius, areas = c.radius_km, c.area_geohashes
+        if (radius is not None or areas) and not (
+                areas and any(r.geohash.startswith(g) or g.startswith(r.geohash)
+                              for g in areas)):
+            hint = c.__dict__.get(NEAREST_HINT)
+            if hint is not None and hint[0] == lat and hint[1] == lon:
+                distance = hint[2]
+            else:
+                distance = nearest_km(c, r)
+            if not (radius is not None and distance is not None
+                    and distance <= radius):  # type: ignore[operator]
+                failed.append((c.service_id, "out_of_area"))
+                continue
+        schedule = c.schedule
+        judged = schedules.get(id(schedule))
+        if judged is None:
+            judged = schedules[id(schedule)] = (
+                is_open(schedule, now) if emergency else operating(schedule, now), schedule)
+        if not judged[0]:
+            failed.append((c.service_id, "closed_now"))
+            continue
+        if c.service_id in tried:
+            failed.append((c.service_id, "already_tried"))
+            continue
+        fitting.append((c, distance))
+    return fitting, failed
 
 
 def first_failure_by_table(referral: Referral, candidate: Candidate, now: datetime

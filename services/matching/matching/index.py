@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import bindparam, event, text
 from sqlalchemy.orm import Session
 
-from servicekit.geo import EARTH_RADIUS_KM
+from servicekit.geo import COARSE_PRECISION, EARTH_RADIUS_KM
 
 from . import cells, domain, tables
 from .directory import ALL, centre
@@ -86,11 +86,12 @@ _ROWS_BY_ID = text(f"SELECT v.service_id, {_COLUMNS}, COALESCE(c.xact, 0) FROM s
 # changes are read in xact order with a LIMIT, so that plan scans ix_directory_changes_xact
 # whatever the statistics say (a full batch means there may be more: see ``_look``).
 CHANGES_PER_LOOK = 1000
+LOAD_BATCH = 5000  # rows per fetch while the index loads
 _LOOK_PG = f"""
 SELECT 0, u.sid, COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0),
        COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0),
        COALESCE(h.response_s_total, 0.0), NULL::bigint, NULL::text
-FROM unnest((SELECT %(ids)b::text[])) AS u(sid)
+FROM unnest((SELECT %(ids)t::text[])) AS u(sid)
 LEFT JOIN service_load l ON l.service_id = u.sid
 LEFT JOIN service_history h ON h.service_id = u.sid
 UNION ALL
@@ -272,6 +273,10 @@ class DirectoryIndex:
         self._entries: dict[str, Entry] = {}
         self._buckets: dict[Key, dict[str, Probe]] = {}
         self._canon: dict[Key, Key] = {}
+        # buckets per cell length (geohash keys) and per grid precision (grid keys): a
+        # lookup reads only the prefixes some bucket can have
+        self._lengths: dict[int, int] = {}
+        self._precisions: dict[int, int] = {}
         self._counts: dict[str, int] = {}
         self._snapshot: tuple[int, list[int]] | None = None  # None: not loaded
         self._recheck: set[str] = set()
@@ -319,17 +324,17 @@ class DirectoryIndex:
         overlay = self._overlay(session)
         with self._lock:
             self._ensure_loaded(session, overlay)
-            keys = lookup_keys(need, geohash)
-            statics, examined = self._covering(keys, point, overlay)
-            look = self._look(session, [c.service_id for c, _ in statics], referral_id)
+            statics, examined = self._covering(self._keys(need, geohash), point, overlay)
+            look = self._look(session, [sid for sid, _, _ in statics], referral_id)
             if self._catch_up(session, look, overlay):
-                statics, examined = self._covering(keys, point, overlay)
-                missing = [c.service_id for c, _ in statics if c.service_id not in look.loads]
+                statics, examined = self._covering(self._keys(need, geohash), point, overlay)
+                missing = [sid for sid, _, _ in statics if sid not in look.loads]
                 if missing:
                     look.loads.update(self._read_loads(session, missing))
             total, offering = self._totals(need, overlay)
-        found = [_with_load(c, look.loads.get(c.service_id, LOAD_ZERO),
-                            None if km is None else (lat, lon, km)) for c, km in statics]
+        loads = look.loads
+        found = [_with_load(c, loads.get(sid, LOAD_ZERO), None if km is None else (lat, lon, km))
+                 for sid, c, km in statics]
         pre = {"category": max(0, total - offering),
                "out_of_area": max(0, offering - len(found))}
         return Found(found, pre, frozenset(look.tried), examined)
@@ -343,45 +348,53 @@ class DirectoryIndex:
 
     def _covering(self, keys: Iterable[Key], point: Any,
                   overlay: dict[str, Entry | None]
-                  ) -> tuple[list[tuple[domain.Candidate, float | None]], int]:
+                  ) -> tuple[list[tuple[str, domain.Candidate, float | None]], int]:
         """Services in the buckets whose area covers ``point`` (``eligibility.in_area``),
-        each with its distance when it was computed, in ``service_id`` order; and how many
-        entries were examined."""
+        as (``service_id``, candidate, distance when it was computed), in ``service_id``
+        order; and how many distinct entries were examined.
+
+        A one-location radius service (a probe with a radius) sits in the buckets of one
+        grid precision only, and a point lies in one cell per precision, so it is met at
+        most once per lookup: only the other services need the ``seen`` set."""
         lat, lon = point.lat, point.lon
         radians, sin, asin, sqrt = math.radians, math.sin, math.asin, math.sqrt
         phi1 = radians(lat)
         cos1 = math.cos(phi1)
         seen: set[str] = set()
-        out: list[tuple[domain.Candidate, float | None]] = []
+        out: list[tuple[str, domain.Candidate, float | None]] = []
+        simple = 0
+        buckets = self._buckets
         for key in keys:
-            bucket = self._buckets.get(key)
+            bucket = buckets.get(key)
             if not bucket:
                 continue
             for sid, probe in bucket.items():
-                if sid in seen:
-                    continue
-                seen.add(sid)
                 lat_min, lat_max, lon_min, lon_max, phi2, cos2, slon, radius, c = probe
+                if radius is None:
+                    if sid in seen:
+                        continue
+                    seen.add(sid)
+                    if (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max
+                            and not (overlay and sid in overlay) and in_area(point, c)):
+                        out.append((sid, c, None))
+                    continue
+                simple += 1
                 if not (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max):
                     continue
                 if overlay and sid in overlay:
-                    continue
-                if radius is None:
-                    if in_area(point, c):
-                        out.append((c, None))
                     continue
                 # in_area of a one-location radius service: eligibility.haversine_km's
                 # arithmetic, operation for operation (the same float), inline
                 a = sin((phi2 - phi1) / 2) ** 2 + cos1 * cos2 * sin(radians(slon - lon) / 2) ** 2
                 km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))
                 if km <= radius:
-                    out.append((c, km))
-        for entry in overlay.values():
+                    out.append((sid, c, km))
+        for sid, entry in overlay.items():
             if (entry is not None and point.need in entry.candidate.categories
                     and in_area(point, entry.candidate)):
-                out.append((entry.candidate, None))
-        out.sort(key=lambda pair: pair[0].service_id)
-        return out, len(seen)
+                out.append((sid, entry.candidate, None))
+        out.sort()  # by service_id: unique here, so the rest of a triple is never compared
+        return out, simple + len(seen)
 
     def _totals(self, need: str, overlay: dict[str, Entry | None]) -> tuple[int, int]:
         total, offering = self._counts.get(ALL, 0), self._counts.get(need, 0)
@@ -413,23 +426,25 @@ class DirectoryIndex:
             since = min([xmax, *xip])
             fresh = set(xip)
             cur = _cursor(_driver(conn))
-            rows = cur.execute(_LOOK_PG, {"ids": ids, "since": since, "rid": referral_id},
-                               prepare=True).fetchall()  # ids sent binary: %(ids)b
-            if sum(1 for row in rows if row[0] == 1) >= CHANGES_PER_LOOK:
-                rows += [(1, sid, None, None, None, None, None, None, xact, None)
-                         for sid, xact in cur.execute(_CHANGES_SINCE_PG,
-                                                      {"since": since}).fetchall()]
+            rows = cur.execute(_LOOK_PG, {"ids": text_array(ids), "since": since,
+                                          "rid": referral_id}, prepare=True).fetchall()
+            loads, changes, read = look.loads, look.changes, 0
             for row in rows:
                 kind = row[0]
                 if kind == 0:
-                    look.loads[row[1]] = row[2:8]
+                    loads[row[1]] = row[2:8]
                 elif kind == 1:
+                    read += 1
                     if row[8] >= xmax or row[8] in fresh:
-                        look.changes.append((row[1], row[8]))
+                        changes.append((row[1], row[8]))
                 elif kind == 2:
                     look.tried.add(row[1])
                 else:
                     look.snapshot = _parse_snapshot(row[9])
+            if read >= CHANGES_PER_LOOK:  # a full batch: there may be more (the same snapshot)
+                for sid, xact in cur.execute(_CHANGES_SINCE_PG, {"since": since}).fetchall():
+                    if xact >= xmax or xact in fresh:
+                        changes.append((sid, xact))
             return look
         if ids:
             look.loads.update(self._read_loads(session, ids))
@@ -449,7 +464,8 @@ class DirectoryIndex:
         assert self._snapshot is not None
         pending = {sid for sid, xact in look.changes if sid not in overlay
                    and ((held := self._entries.get(sid)) is None or held.xact != xact)}
-        pending |= self._recheck - overlay.keys()
+        if self._recheck:
+            pending |= self._recheck - overlay.keys()
         if pending:
             self._reread(session, sorted(pending))
             self._recheck -= pending
@@ -488,20 +504,28 @@ class DirectoryIndex:
         collecting = gc.isenabled()
         gc.disable()  # millions of new long-lived objects: no point scanning them meanwhile
         try:
+            top = 0
+
+            def put_all(rows: Iterable[Sequence[Any]]) -> None:
+                nonlocal top
+                for row in rows:
+                    if row[0] in overlay:  # this transaction's own version: re-read after
+                        self._recheck.add(row[0])
+                        continue
+                    xact = int(row[16])
+                    top = max(top, xact)
+                    self._put(make_entry(self._parser.candidate(row), xact))
+
             if self._pg(session):
                 snap = conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
-                with _driver(conn).cursor() as cur:
-                    rows = cur.execute(_ALL_ROWS).fetchall()
+                # a server-side cursor, read in batches: the whole result at once (rows of
+                # JSON text) cost as much memory as the index, kept by the allocators after
+                with _driver(conn).cursor(name=f"matching_index_{id(self)}") as cur:
+                    cur.itersize = LOAD_BATCH
+                    cur.execute(_ALL_ROWS)
+                    put_all(cur)
             else:
-                rows = list(conn.exec_driver_sql(_ALL_ROWS))
-            top = 0
-            for row in rows:
-                if row[0] in overlay:  # this transaction's own version: re-read after it
-                    self._recheck.add(row[0])
-                    continue
-                xact = int(row[16])
-                top = max(top, xact)
-                self._put(make_entry(self._parser.candidate(row), xact))
+                put_all(conn.exec_driver_sql(_ALL_ROWS))
             self._snapshot = _parse_snapshot(snap) if self._pg(session) else (top + 1, [])
             self.loads += 1
         except BaseException:
@@ -516,6 +540,8 @@ class DirectoryIndex:
         self._entries.clear()
         self._buckets.clear()
         self._canon.clear()
+        self._lengths.clear()
+        self._precisions.clear()
         self._counts.clear()
         self._snapshot = None
 
@@ -525,8 +551,13 @@ class DirectoryIndex:
         self._entries[sid] = entry
         canon = self._canon  # one key object per bucket, shared by its services (memory)
         entry.keys = tuple(canon.setdefault(key, key) for key in entry.keys)
+        buckets = self._buckets
         for key in entry.keys:
-            self._buckets.setdefault(key, {})[sid] = entry.probe
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = {}
+                self._level(key, 1)
+            bucket[sid] = entry.probe
         counts = self._counts
         counts[ALL] = counts.get(ALL, 0) + 1
         for category in entry.candidate.categories:
@@ -543,10 +574,32 @@ class DirectoryIndex:
                 if not bucket:
                     del self._buckets[key]
                     self._canon.pop(key, None)
+                    self._level(key, -1)
         counts = self._counts
         counts[ALL] -= 1
         for category in entry.candidate.categories:
             counts[category] -= 1
+
+    def _level(self, key: Key, change: int) -> None:
+        """Count a bucket made (1) or emptied (-1) under its cell length or grid precision."""
+        where = key[1]
+        counts, level = ((self._lengths, len(where)) if isinstance(where, str)
+                         else (self._precisions, where[0]))
+        left = counts.get(level, 0) + change
+        if left:
+            counts[level] = left
+        else:
+            del counts[level]
+
+    def _keys(self, need: str, geohash: str) -> list[Key]:
+        """``lookup_keys`` without the prefixes no bucket has (cell lengths and grid
+        precisions of no bucket at all: most of them, a directory's radii being alike)."""
+        lengths, precisions = self._lengths, self._precisions
+        cell = geohash[:COARSE_PRECISION]
+        keys: list[Key] = [(need, cell[:n]) for n in range(len(cell) + 1) if n in lengths]
+        if precisions:
+            keys += [(need, k) for k in cells.lookup_grid(geohash) if k[0] in precisions]
+        return keys
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -570,6 +623,18 @@ def _cursor(driver_connection: Any) -> Any:
     if cur is None or cur.closed:
         cur = _CURSORS[driver_connection] = driver_connection.cursor(binary=True)
     return cur
+
+
+def text_array(items: Sequence[str]) -> str:
+    """``items`` as a PostgreSQL array literal (text; every element quoted, so any string
+    is one element). Sent as one text parameter: a quarter of the per-decision statement's
+    client cost was psycopg dumping a list element by element."""
+    if not items:
+        return "{}"
+    joined = '","'.join(items)
+    if "\\" in joined or joined.count('"') != 2 * (len(items) - 1):
+        joined = '","'.join(s.replace("\\", "\\\\").replace('"', '\\"') for s in items)
+    return '{"' + joined + '"}'
 
 
 def _parse_snapshot(raw: str) -> tuple[int, list[int]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from .eligibility import nearest_km, speaks
+from .eligibility import UNKNOWN, nearest_km, speaks
 
 if TYPE_CHECKING:  # domain imports this module: no import cycle at runtime
     from .domain import Candidate, Referral
@@ -71,16 +71,21 @@ class Factors(NamedTuple):
                      + w.response * self.response + w.spreading * self.spreading, 6)
 
 
-def factors(referral: Referral, c: Candidate, org_pending: int, w: Weights) -> Factors:
-    distance = nearest_km(c, referral)
+def factors(referral: Referral, c: Candidate, org_pending: int, w: Weights,
+            distance: object = UNKNOWN) -> Factors:
+    """The factors of ``c``; ``distance``: ``eligibility.nearest_km(c, referral)`` when the
+    caller has it already (``eligibility.sift`` does)."""
+    if distance is UNKNOWN:
+        distance = nearest_km(c, referral)
     language = referral.preferred_language
     mean_h = None if c.mean_response_s is None else c.mean_response_s / 3600
-    return Factors(
-        distance_km=distance,
-        proximity=0.0 if distance is None else 1.0 / (1.0 + distance / w.distance_scale_km),
-        free_share=c.headroom / c.capacity_max if c.capacity_max > 0 else 0.0,
-        language=1.0 if language and speaks(c, language) else 0.0,
-        acceptance=(c.accepted + 1) / (c.answered + 2),
-        response=0.5 if mean_h is None else 1.0 / (1.0 + mean_h / w.response_scale_h),
-        spreading=1.0 / (1.0 + org_pending),
+    capacity = c.capacity_max
+    return Factors(  # positional, in field order (keywords cost a third more)
+        distance,  # type: ignore[arg-type]
+        0.0 if distance is None else 1.0 / (1.0 + distance / w.distance_scale_km),  # type: ignore[operator]
+        max(0, capacity - (c.open_offers + c.active_cases)) / capacity if capacity > 0 else 0.0,
+        1.0 if language and speaks(c, language) else 0.0,
+        (c.accepted + 1) / (c.answered + 2),
+        0.5 if mean_h is None else 1.0 / (1.0 + mean_h / w.response_scale_h),
+        1.0 / (1.0 + org_pending),
     )

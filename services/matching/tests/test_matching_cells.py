@@ -161,8 +161,8 @@ def test_every_resident_within_the_radius_finds_the_service_in_memory(
     memory._put(make_entry(service))
     found, _examined = memory._covering(lookup_keys("food", where["geohash"]), resident, {})
     if eligibility.in_area(resident, service):
-        [(c, km)] = found
-        assert c is service
+        [(sid, c, km)] = found
+        assert sid == "s" and c is service
         assert km is None or km == eligibility.nearest_km(service, resident)
         assert two or km is not None
     else:

@@ -5,6 +5,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from matching import domain, eligibility
 from matching.domain import Candidate, OpeningHours, Point, Referral, Schedule
@@ -260,8 +262,8 @@ def test_status_changes_move_load(from_status: str, to_status: str, reason: str 
 
 
 def test_the_written_out_constraints_are_those_of_the_table() -> None:
-    """``first_failure`` (inline, for speed) decides as ``CHECKS`` read in order, for every
-    combination of flaws the candidates and residents below can have."""
+    """``first_failure`` and ``sift`` (inline, for speed) decide as ``CHECKS`` read in order,
+    for every combination of flaws the candidates and residents below can have."""
     import itertools
 
     flaws = [{}, {"status": "inactive"}, {"accepting": False},
@@ -277,8 +279,11 @@ def test_the_written_out_constraints_are_those_of_the_table() -> None:
     for r, (a, b) in itertools.product(residents, itertools.combinations(flaws, 2)):
         flawed = {**a, **b}
         c = service(str(flawed.pop("service_id", "svc-x")), **flawed)
-        assert eligibility.first_failure(r, c, NOW) == \
-            eligibility.first_failure_by_table(r, c, NOW), (r, c)
+        expected = eligibility.first_failure_by_table(r, c, NOW)
+        assert eligibility.first_failure(r, c, NOW) == expected, (r, c)
+        fitting, failed = eligibility.sift(r, [c], NOW)  # evaluate's, over many at once
+        assert (failed == [(c.service_id, expected)] and not fitting if expected
+                else fitting == [(c, fitting[0][1])] and not failed), (r, c)
 
 
 def test_reasons_are_written_when_read_and_only_then() -> None:
@@ -287,3 +292,105 @@ def test_reasons_are_written_when_read_and_only_then() -> None:
     assert best is not None and "reasons" not in vars(best)
     assert best.reasons == decision.reasons and "reasons" in vars(best)
     assert best.reasons[0] == domain.Reason("category", "offers housing")
+
+
+def _evaluate_by_definition(r: Referral, candidates: list[Candidate], now: datetime,
+                            pre: dict[str, int]) -> domain.Decision:
+    """``evaluate`` as specified: ``first_failure`` and ``score`` per candidate, ranked by
+    score then service_id (a stable sort)."""
+    eliminated = dict.fromkeys(domain.CONSTRAINTS, 0)
+    for code, count in pre.items():
+        eliminated[code] = eliminated.get(code, 0) + count
+    pending: dict[str, int] = {}
+    for c in candidates:
+        pending[c.organization_id] = pending.get(c.organization_id, 0) + c.open_offers
+    ranked, excluded = [], []
+    for c in candidates:
+        failed = eligibility.first_failure(r, c, now)
+        if failed is None:
+            ranked.append(domain.score(r, c, domain.DEFAULT_WEIGHTS,
+                                       pending.get(c.organization_id, 0)))
+        else:
+            eliminated[failed] += 1
+            excluded.append((c.service_id, failed))
+    ranked.sort(key=lambda x: (-x.score, x.candidate.service_id))
+    return domain.Decision(tuple(ranked), eliminated, tuple(excluded),
+                           len(candidates) + sum(pre.values()))
+
+
+_schedules = st.sampled_from([
+    Schedule(always_open=True), Schedule(always_open=True), Schedule(always_open=True),
+    Schedule(always_open=False, timezone="Europe/London",
+             hours=(OpeningHours("WE", "09:00", "17:00"),)),
+    Schedule(always_open=False, timezone="America/New_York",
+             hours=(OpeningHours("TU", "22:00", "06:00"),)),
+    Schedule(always_open=True, valid_to="2024-01-01"),
+    Schedule(always_open=False, timezone="Nowhere/Unknown"),
+])
+_candidates = st.builds(  # each field mostly fitting, so that many candidates reach the end
+    lambda sid, org, cats, status, accepting, cap, offers, cases, age, genders, pops, langs,
+    interp, km, radius, areas, schedule, answered, accepted, mean_s: Candidate(
+        service_id=sid, organization_id=org, categories=cats, status=status,
+        accepting=accepting, capacity_max=cap, open_offers=offers, active_cases=cases,
+        age_min=age[0], age_max=age[1], genders=genders, populations=pops, languages=langs,
+        interpretation_available=interp,
+        locations=tuple(Point(HOME["lat"] + k / 111.2, HOME["lon"]) for k in km),
+        radius_km=radius, area_geohashes=areas, schedule=schedule, answered=answered,
+        accepted=min(accepted, answered), mean_response_s=mean_s),
+    st.sampled_from(["svc-a", "svc-b", "svc-c", "svc-tried"]),
+    st.sampled_from(["org-1", "org-2"]),
+    st.sampled_from([frozenset({"housing"})] * 3 + [frozenset({"housing", "food"}),
+                                                    frozenset({"food"}), frozenset()]),
+    st.sampled_from(["active"] * 4 + ["inactive"]), st.sampled_from([True] * 4 + [False]),
+    st.sampled_from([0, 1, 3, 4, 4]), st.sampled_from([0, 0, 1, 2]),
+    st.sampled_from([0, 0, 1]),
+    st.sampled_from([(None, None)] * 3 + [(18, None), (None, 30), (40, 64)]),
+    st.sampled_from([frozenset()] * 3 + [frozenset({"female"}), frozenset({"Male", "female"})]),
+    st.sampled_from([frozenset()] * 3 + [frozenset({"veteran"})]),
+    st.sampled_from([frozenset(), frozenset({"en"}), frozenset({"en", "PT-br"})]),
+    st.booleans(),
+    st.sampled_from([[0.5], [3.0], [0.0], [20.0], [], [0.5, 20.0], [20.0, 3.0]]),
+    st.sampled_from([15.0, 15.0, 5.0, 1.0, None]),
+    st.sampled_from([()] * 4 + [(HOME["geohash"][:4],), (HOME["geohash"] + "x",), ("zz",)]),
+    _schedules, st.integers(0, 5), st.integers(0, 5),
+    st.sampled_from([None, 600.0, 7200.0]))
+_residents = st.builds(
+    lambda urgency, age, gender, language, interpreter, flags, tried: referral(
+        urgency=urgency, age=age[0], age_band=age[1], gender=gender,
+        preferred_language=language, needs_interpreter=interpreter, flags=flags,
+        tried=tried),
+    st.sampled_from(["urgent", "emergency", "routine"]),
+    st.sampled_from([(34, None), (None, "18-24"), (None, "65+"), (None, None)]),
+    st.sampled_from([None, "female", "MALE"]), st.sampled_from([None, "pt-BR", "en", "so"]),
+    st.booleans(), st.sampled_from([frozenset(), frozenset({"veteran"})]),
+    st.sampled_from([frozenset(), frozenset({"svc-tried"}), frozenset({"svc-a", "svc-b"})]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(r=_residents, candidates=st.lists(_candidates, max_size=8), twins=st.integers(0, 3),
+       hinted=st.booleans(), pre=st.sampled_from([{}, {"category": 3, "out_of_area": 2}]))
+def test_evaluate_decides_as_first_failure_and_score_per_candidate(
+        r: Referral, candidates: list[Candidate], twins: int, hinted: bool,
+        pre: dict[str, int]) -> None:
+    """The fused ``evaluate`` (``eligibility.sift``, the area check's distance reused for
+    the score) makes the decision ``first_failure`` and ``score`` define: same ranking,
+    scores, distances, reasons, eliminations and exclusions, in the same order; also with
+    the distance hint the in-memory index sets."""
+    candidates += [replace(c) for c in candidates[:twins]]  # equal, not the same: ties
+    if hinted:  # as index.lookup hands them over: the distance to this point attached
+        candidates = [replace(c) for c in candidates]
+        for c in candidates:
+            km = eligibility.nearest_km(c, r)
+            if km is not None:
+                c.__dict__[eligibility.NEAREST_HINT] = (r.lat, r.lon, km)
+    for when in (NOW, datetime(2025, 3, 12, 3, 30, tzinfo=UTC)):
+        fast = domain.evaluate(r, candidates, when, pre_eliminated=pre)
+        spec = _evaluate_by_definition(r, candidates, when, pre)
+        assert [(x.candidate, x.score, x.distance_km, x.reasons) for x in fast.ranked] == [
+            (x.candidate, x.score, x.distance_km, x.reasons) for x in spec.ranked]
+        assert all(a.candidate is b.candidate for a, b in zip(fast.ranked, spec.ranked))
+        assert fast.eliminated == spec.eliminated
+        assert list(fast.eliminated) == list(spec.eliminated)  # the same order too
+        assert fast.excluded == spec.excluded
+        assert fast.considered == spec.considered
+        assert fast.reasons == spec.reasons

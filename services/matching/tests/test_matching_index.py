@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from matching_factories import HOME, referral_submitted, service_removed, service_upserted
-from sqlalchemy import select
+from sqlalchemy import select, text
 from test_matching_handlers import apply, load, routing_events, upsert
 
 from matching import directory, handlers, index, tables
@@ -118,6 +118,23 @@ def test_changes_committed_by_another_worker_are_seen(any_db: Database) -> None:
     assert memory.loads == 1  # all of it followed, never reloaded
 
 
+def test_more_changes_than_one_look_reads_are_all_seen(any_db: Database,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look reads at most ``CHANGES_PER_LOOK`` changes with the load (here 2); a full
+    batch means there may be more, and the rest are read too."""
+    monkeypatch.setattr(index, "CHANGES_PER_LOOK", 2)
+    monkeypatch.setattr(index, "_LOOK_PG", index._LOOK_PG.replace(
+        "LIMIT 1000", "LIMIT 2"))
+    assert "LIMIT 2" in index._LOOK_PG
+    memory = DirectoryIndex()
+    with any_db.transaction() as session:
+        assert memory.lookup(session, "housing", _cell()).candidates == []  # loaded: empty
+    upsert_elsewhere(any_db, *(service_upserted(f"svc-{i}", km_north=i / 10) for i in range(5)))
+    with any_db.transaction() as session:
+        found = memory.lookup(session, "housing", _cell())
+    assert _ids(found.candidates) == [f"svc-{i}" for i in range(5)] and memory.loads == 1
+
+
 def upsert_elsewhere(db: Database, *envs: events.Envelope) -> None:
     for env in envs:
         with db.transaction() as session:
@@ -224,6 +241,28 @@ def test_decisions_read_load_and_tried_services_from_the_database(
                                                                   ("svc-two", 0)]
     assert found.tried == {"svc-two"}
     assert load(any_db, "svc-one") == (1, 0)
+
+
+def test_any_service_id_has_its_load_read(any_db: Database) -> None:
+    """Service ids are any text: the per-decision statement sends them as one array literal
+    (every element quoted, quotes and backslashes escaped), so each is read as itself."""
+    odd = ['svc "quoted"', "svc\\back\\", "svc,comma", "{svc}", " svc ", "NULL", "svc-\u00e9",
+           '"', "\\"]
+    upsert(any_db, *(service_upserted(sid, km_north=i / 10, capacity=2)
+                     for i, sid in enumerate(odd)))
+    with any_db.transaction() as session:  # another worker takes a place at each
+        for sid in odd:
+            assert tables.reserve(session, sid, 2, datetime.now(UTC))
+    memory = DirectoryIndex()
+    with any_db.transaction() as session:
+        found = memory.lookup(session, "housing", _cell())
+    assert sorted((c.service_id, c.open_offers) for c in found.candidates) == sorted(
+        (sid, 1) for sid in odd)
+    if any_db.engine.dialect.name == "postgresql":  # each alone too, as PostgreSQL reads it
+        with any_db.engine.connect() as conn:
+            for items in ([], *([sid] for sid in odd), odd, ["a", 'b"', "c"]):
+                assert conn.execute(text("SELECT unnest(CAST(:a AS text[]))"), {
+                    "a": index.text_array(items)}).scalars().all() == items
 
 
 def test_the_worker_policy_decides_from_memory(matching_settings: Settings) -> None:
