@@ -265,3 +265,14 @@ def test_a_deleted_confidential_site_takes_its_address_and_phones_along(reg: Har
     assert (reg.count("location"), reg.count("address"), reg.count("phone")) == (0, 0, 0)
     missing = _delete(reg, f"/v1/locations/{site}", role="provider", org=org)
     assert missing.status_code == 404 and STREET not in missing.get_data(as_text=True)
+
+
+def test_the_openapi_documents_the_new_endpoints_with_their_answers(reg: Harness) -> None:
+    paths = reg.client.get("/openapi.json").json["paths"]
+    for path in ("/v1/organizations/{org_id}", "/v1/locations/{location_id}"):
+        assert {"204", "409"} <= set(paths[path]["delete"]["responses"])
+    listing = paths["/v1/locations"]["get"]
+    assert {"organization_id", "limit", "offset"} <= {p["name"] for p in listing["parameters"]}
+    assert {"limit", "offset"} == {p["name"] for p in paths["/v1/organizations"]["get"]
+                                   ["parameters"]}
+    assert paths["/v1/locations/{location_id}"]["get"]["responses"]["200"]
