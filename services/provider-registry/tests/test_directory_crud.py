@@ -11,7 +11,13 @@ from registry_harness import PROBLEM, Harness
 from sqlalchemy import insert, select
 
 from provider_registry import queries
-from provider_registry.tables import address, attribute, phone, taxonomy_term
+from provider_registry.tables import (
+    address,
+    attribute,
+    phone,
+    service_at_location,
+    taxonomy_term,
+)
 from servicekit import events
 
 pytestmark = pytest.mark.integration
@@ -276,3 +282,19 @@ def test_the_openapi_documents_the_new_endpoints_with_their_answers(reg: Harness
     assert {"limit", "offset"} == {p["name"] for p in paths["/v1/organizations"]["get"]
                                    ["parameters"]}
     assert paths["/v1/locations/{location_id}"]["get"]["responses"]["200"]
+
+
+def test_deleting_an_organization_republishes_other_services_offered_at_its_sites(
+        reg: Harness) -> None:
+    closing, partner = _org(reg, "Closing"), _org(reg, "Partner")
+    hosted_site = _site(reg, closing, "Hosted at Closing")
+    sid = _service(reg, partner, [_site(reg, partner)])
+    # an HSDS import may link a service to another organization's site
+    reg.execute(insert(service_at_location).values(id=str(uuid.uuid4()), service_id=sid,
+                                                   location_id=hosted_site))
+    before = reg.outbox()
+    assert _delete(reg, f"/v1/organizations/{closing}").status_code == 204
+    [env] = reg.outbox()[len(before):]
+    assert (env.type, env.subject) == (events.PROVIDER_SERVICE_UPSERTED, sid)
+    assert hosted_site not in {loc["location_id"] for loc in env.data["locations"]}
+    assert len(env.data["locations"]) == 1 and reg.count("service_at_location") == 1
