@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from servicekit import idempotency
 from servicekit.auth import current_principal, requires, same_org
 from servicekit.db import Database
+from servicekit.schemas import PageArgs
 from servicekit.web import Problem
 
 from . import domain, handlers, listing, queries, search
@@ -21,9 +22,12 @@ from .schemas import (
     LocationFields,
     LocationIn,
     LocationOut,
+    LocationPage,
+    LocationQuery,
     OrganizationFields,
     OrganizationIn,
     OrganizationOut,
+    OrganizationPage,
     ServiceFields,
     ServiceIn,
     ServiceOut,
@@ -52,7 +56,7 @@ def _problems() -> Iterator[None]:
     except queries.NotFound:
         raise Problem(404, "Not Found", "No such directory entry") from None
     except handlers.Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from None
+        raise Problem(409, "Conflict", str(exc), errors=exc.errors) from None
     except domain.RuleViolation as exc:
         raise Problem(422, "Unprocessable Content", f"Invalid fields: {', '.join(exc.errors)}",
                       type_="/problems/validation", errors=dict(exc.errors)) from None
@@ -179,6 +183,19 @@ def create_organization(body: dict[str, Any]) -> Response:
                    OrganizationOut().dump)
 
 
+@blp.route("/organizations", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.arguments(PageArgs, location="query", unknown=RAISE)
+@blp.response(200, OrganizationPage)
+@blp.doc(security=BEARER)
+def list_organizations(args: dict[str, Any]) -> dict[str, Any]:
+    """Organizations by name, a page at a time."""
+    with _db().uow() as uow:
+        items, total = queries.organization_page(uow.session, limit=args["limit"],
+                                                 offset=args["offset"])
+    return {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+
+
 @blp.route("/organizations/<uuid:org_id>", methods=["GET"])
 @requires(*ANY_ROLE)
 @blp.response(200, OrganizationOut)
@@ -196,6 +213,47 @@ def get_organization(org_id: Any) -> dict[str, Any]:
 def replace_organization(body: dict[str, Any], org_id: Any) -> dict[str, Any]:
     with _problems(), _db().transaction() as session:
         return handlers.update_organization(session, current_principal(), str(org_id), body)
+
+
+@blp.route("/organizations/<uuid:org_id>", methods=["DELETE"])
+@requires("admin", "provider")
+@blp.response(204)
+@blp.alt_response(409, description="The organization still runs services (listed in "
+                  "`errors.services`): delete or move them first")
+@blp.doc(security=BEARER)
+def delete_organization(org_id: Any) -> None:
+    """Remove an organization that runs no services, with its sites (admin; provider
+    staff for their own organization)."""
+    with _problems(), _db().transaction() as session:
+        handlers.delete_organization(session, current_principal(), str(org_id))
+
+
+@blp.route("/locations", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.arguments(LocationQuery, location="query", unknown=RAISE)
+@blp.response(200, LocationPage)
+@blp.doc(security=BEARER)
+def list_locations(args: dict[str, Any]) -> dict[str, Any]:
+    """Sites, optionally of one organization, a page at a time. Confidential sites show
+    neither address nor coordinates except to admins and their organization's staff."""
+    principal, org = current_principal(), args.get("organization_id")
+    with _db().uow() as uow:
+        items, total = queries.location_page(
+            uow.session, may_reveal=lambda o: _may_reveal(principal, o), limit=args["limit"],
+            offset=args["offset"], organization_id=str(org) if org else None)
+    return {"items": items, "total": total, "limit": args["limit"], "offset": args["offset"]}
+
+
+@blp.route("/locations/<uuid:location_id>", methods=["GET"])
+@requires(*ANY_ROLE)
+@blp.response(200, LocationOut)
+@blp.doc(security=BEARER)
+def get_location(location_id: Any) -> dict[str, Any]:
+    """One site (a confidential one hidden as in the list)."""
+    principal = current_principal()
+    with _problems(), _db().uow() as uow:
+        return queries.location_view(uow.session, str(location_id),
+                                     may_reveal=lambda o: _may_reveal(principal, o))
 
 
 @blp.route("/locations", methods=["POST"])
@@ -216,6 +274,19 @@ def create_location(body: dict[str, Any]) -> Response:
 def replace_location(body: dict[str, Any], location_id: Any) -> dict[str, Any]:
     with _problems(), _db().transaction() as session:
         return handlers.update_location(session, current_principal(), str(location_id), body)
+
+
+@blp.route("/locations/<uuid:location_id>", methods=["DELETE"])
+@requires("admin", "provider")
+@blp.response(204)
+@blp.alt_response(409, description="The site is the only one of a service whose area is a "
+                  "radius around its sites (listed in `errors.services`)")
+@blp.doc(security=BEARER)
+def delete_location(location_id: Any) -> None:
+    """Remove a site and its service-at-location links; every service offered there is
+    re-published without it."""
+    with _problems(), _db().transaction() as session:
+        handlers.delete_location(session, current_principal(), str(location_id))
 
 
 def register(api: Any) -> None:

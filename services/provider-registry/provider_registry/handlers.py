@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 
 from servicekit import events, outbox
 from servicekit.auth import AuthError, Principal, same_org
+from servicekit.db import locked
 
 from . import domain, search_index
 from .queries import NotFound, location_view, organization_view, service_view, snapshot_of
 from .tables import (
+    address,
     attribute,
     fetch_organization,
     fetch_service,
@@ -43,7 +45,12 @@ SOURCE = "provider-registry"
 SYSTEM = Principal(sub="provider-registry", role="admin")  # seed and maintenance commands
 
 class Conflict(Exception):
-    pass
+    """The request contradicts the directory's current state (answered 409). ``errors``
+    names what stands in the way (field -> ids or messages; never personal data)."""
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 def _now() -> datetime:
@@ -134,6 +141,33 @@ def update_organization(session: Session, principal: Principal, org_id: str,
     return organization_view(session, org_id)
 
 
+def delete_organization(session: Session, principal: Principal, org_id: str) -> None:
+    """Remove an organization that runs no services, with its sites (their links,
+    addresses, phones, attributes) and its own phones, in the caller's transaction.
+
+    An organization that still runs services is refused (``Conflict`` naming them): each
+    service is deleted (``provider.service_removed``) or moved first, so no consumer is
+    left with a service whose organization vanished."""
+    if fetch_organization(session, org_id) is None:
+        raise NotFound(org_id)
+    authorize(principal, org_id)
+    # the row lock waits for any transaction adding a service or site to it (their foreign
+    # key check holds a share lock on this row), so the check below sees them
+    session.execute(locked(session, select(organization.c.id).where(organization.c.id == org_id)))
+    if running := service_ids_of_organization(session, org_id):
+        raise Conflict(f"Organization {org_id} still runs {len(running)} service(s); delete "
+                       "or move them first", {"services": running})
+    now = _now()
+    site_ids = list(session.execute(select(location.c.id).where(
+        location.c.organization_id == org_id).order_by(location.c.id)).scalars())
+    for site_id in site_ids:
+        _remove_location(session, site_id, now)
+    session.execute(delete(attribute).where(attribute.c.link_id == org_id,
+                                            attribute.c.link_entity == "organization"))
+    session.execute(delete(phone).where(phone.c.organization_id == org_id))
+    session.execute(delete(organization).where(organization.c.id == org_id))
+
+
 # --- locations ----------------------------------------------------------------------------
 
 def _location_values(body: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +204,46 @@ def update_location(session: Session, principal: Principal, location_id: str,
     search_index.refresh(session, location_ids=[location_id])
     _touch_and_publish(session, service_ids_at_location(session, location_id, lock=True), now)
     return location_view(session, location_id)
+
+
+def delete_location(session: Session, principal: Principal, location_id: str) -> None:
+    """Remove a site and its service-at-location links; re-publish every service that was
+    offered there (its snapshot loses the site), all in the caller's transaction."""
+    authorize(principal, location_view(session, location_id)["organization_id"])
+    _remove_location(session, location_id, _now())
+
+
+def _remove_location(session: Session, location_id: str, now: datetime) -> None:
+    """Delete a site with everything hanging off it and re-publish the services offered
+    there. Refused (``Conflict``) when a service would be left breaking its rules (a
+    radius service area measured from its only site)."""
+    service_ids_at_location(session, location_id, lock=True)  # services first, as updates do
+    session.execute(locked(session, select(location.c.id).where(location.c.id == location_id)))
+    affected = service_ids_at_location(session, location_id, lock=True)  # + any linked meanwhile
+    stranded = [sid for sid in affected if _breaks_rules_without(session, sid, location_id)]
+    if stranded:
+        raise Conflict(f"Location {location_id} is the only site of {len(stranded)} service(s) "
+                       "whose service area is a radius around their sites; give them another "
+                       "site or a geohash service area first", {"services": stranded})
+    session.execute(delete(service_at_location)
+                    .where(service_at_location.c.location_id == location_id))
+    search_index.refresh(session, service_ids=affected, location_ids=[location_id])
+    session.execute(delete(attribute).where(attribute.c.link_id == location_id,
+                                            attribute.c.link_entity == "location"))
+    session.execute(delete(address).where(address.c.location_id == location_id))
+    session.execute(delete(phone).where(phone.c.location_id == location_id))
+    session.execute(delete(location).where(location.c.id == location_id))
+    _touch_and_publish(session, affected, now)
+
+
+def _breaks_rules_without(session: Session, service_id: str, location_id: str) -> bool:
+    """True when removing the site makes the service's area rule fail (a rule it met)."""
+    svc = fetch_service(session, service_id)
+    others = len(session.execute(select(service_at_location.c.location_id).where(
+        service_at_location.c.service_id == service_id,
+        service_at_location.c.location_id != location_id)).all())
+    return svc is not None and bool(domain.area_errors(svc.service_area, others)) and not \
+        domain.area_errors(svc.service_area, others + 1)
 
 
 # --- services -----------------------------------------------------------------------------

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import domain
+from .search import TOTAL_CAP
 from .tables import (
     _to_service,
+    address,
     as_utc,
     location,
     one_of,
@@ -124,20 +126,82 @@ def service_view(session: Session, service_id: str, *, reveal_confidential: bool
                  now=now or datetime.now(UTC), stale_after_days=stale_after_days)
 
 
-def organization_view(session: Session, org_id: str) -> dict[str, Any]:
-    row = session.execute(select(organization).where(organization.c.id == org_id)).first()
-    if row is None:
-        raise NotFound(org_id)
+def _organization_out(row: Any) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "description": row.description,
             "notification_channels": list(row.notification_channels),
             "last_modified": as_utc(row.last_modified)}
 
 
-def location_view(session: Session, location_id: str) -> dict[str, Any]:
+def organization_view(session: Session, org_id: str) -> dict[str, Any]:
+    row = session.execute(select(organization).where(organization.c.id == org_id)).first()
+    if row is None:
+        raise NotFound(org_id)
+    return _organization_out(row)
+
+
+def _capped_total(session: Session, query: Any) -> int:
+    """How many rows ``query`` selects, counted up to ``TOTAL_CAP + 1`` (the services
+    list's convention: ``TOTAL_CAP + 1`` means more than ``TOTAL_CAP``)."""
+    capped = query.limit(TOTAL_CAP + 1).subquery()
+    return int(session.execute(select(func.count()).select_from(capped)).scalar_one())
+
+
+def organization_page(session: Session, *, limit: int, offset: int
+                      ) -> tuple[list[dict[str, Any]], int]:
+    """Organizations by name (then id), one page, and the capped total."""
+    rows = session.execute(select(organization).order_by(organization.c.name, organization.c.id)
+                           .limit(limit).offset(offset)).all()
+    return ([_organization_out(r) for r in rows],
+            _capped_total(session, select(organization.c.id)))
+
+
+ADDRESS_FIELDS = ("attention", "address_1", "address_2", "city", "region", "state_province",
+                  "postal_code", "country", "address_type")
+
+
+def _location_out(row: Any, addresses: list[dict[str, Any]], reveal: bool) -> dict[str, Any]:
+    """A site as the API shows it. A confidential site (e.g. a domestic-violence shelter)
+    shows only its id, organization and flag unless ``reveal`` (admin, its own staff),
+    like the sites inside a service view."""
+    if row.confidential and not reveal:
+        return {"id": row.id, "organization_id": row.organization_id, "confidential": True}
+    return {"id": row.id, "organization_id": row.organization_id, "name": row.name,
+            "location_type": row.location_type, "description": row.description,
+            "latitude": row.latitude, "longitude": row.longitude,
+            "confidential": row.confidential, "addresses": addresses}
+
+
+def _addresses_of(session: Session, location_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if location_ids:
+        for r in session.execute(select(address).where(
+                one_of(session, address.c.location_id, location_ids)).order_by(address.c.id)):
+            out[r.location_id].append({k: getattr(r, k) for k in ADDRESS_FIELDS})
+    return out
+
+
+def location_view(session: Session, location_id: str, *, may_reveal: Any = None
+                  ) -> dict[str, Any]:
+    """One site; ``may_reveal(org_id)`` says whether the caller may see a confidential
+    site of that organization (None: everything, for handlers and their writers)."""
     row = session.execute(select(location).where(location.c.id == location_id)).first()
     if row is None:
         raise NotFound(location_id)
-    return {"id": row.id, "organization_id": row.organization_id, "name": row.name,
-            "location_type": row.location_type, "latitude": row.latitude,
-            "longitude": row.longitude, "confidential": row.confidential}
+    reveal = may_reveal is None or bool(may_reveal(row.organization_id))
+    return _location_out(row, _addresses_of(session, [row.id])[row.id], reveal)
 
+
+def location_page(session: Session, *, may_reveal: Any, limit: int, offset: int,
+                  organization_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Sites by organization, then name, one page (optionally of one organization), and
+    the capped total; confidential ones hidden as ``location_view`` hides them."""
+    query = select(location)
+    if organization_id is not None:
+        query = query.where(location.c.organization_id == organization_id)
+    rows = session.execute(query.order_by(location.c.organization_id, location.c.name,
+                                          location.c.id).limit(limit).offset(offset)).all()
+    reveal = {org: bool(may_reveal(org)) for org in {r.organization_id for r in rows}}
+    shown = [r.id for r in rows if reveal[r.organization_id] or not r.confidential]
+    addresses = _addresses_of(session, shown)
+    return ([_location_out(r, addresses[r.id], reveal[r.organization_id]) for r in rows],
+            _capped_total(session, query.with_only_columns(location.c.id)))

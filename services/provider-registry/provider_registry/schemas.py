@@ -176,13 +176,51 @@ class OrganizationOut(Schema):
     last_modified = events.UtcDateTime()
 
 
+class OrganizationPage(Schema):
+    items = fields.List(fields.Nested(OrganizationOut))
+    total = fields.Integer(metadata={"description": "counted up to 1000; 1001 means more "
+                                     "than 1000"})
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class AddressOut(Schema):
+    attention = fields.String(allow_none=True)
+    address_1 = fields.String()
+    address_2 = fields.String(allow_none=True)
+    city = fields.String()
+    region = fields.String(allow_none=True)
+    state_province = fields.String()
+    postal_code = fields.String()
+    country = fields.String()
+    address_type = fields.String()
+
+
 class LocationOut(Schema):
+    """A site. A confidential one shows only ``id``, ``organization_id`` and
+    ``confidential`` to people outside its organization (admins see everything)."""
+
     id = fields.String()
     organization_id = fields.String()
     name = fields.String(allow_none=True)
     location_type = fields.String()
+    description = fields.String(allow_none=True)
     latitude = fields.Float()
     longitude = fields.Float()
+    confidential = fields.Boolean()
+    addresses = fields.List(fields.Nested(AddressOut))
+
+
+class LocationQuery(PageArgs):
+    organization_id = fields.UUID()
+
+
+class LocationPage(Schema):
+    items = fields.List(fields.Nested(LocationOut))
+    total = fields.Integer(metadata={"description": "counted up to 1000; 1001 means more "
+                                     "than 1000"})
+    limit = fields.Integer()
+    offset = fields.Integer()
 
 
 class ServiceLocationOut(events.ServiceLocationSchema):
