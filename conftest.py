@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,12 +39,54 @@ def stack_kafka(infra: Infrastructure, tmp_path_factory: pytest.TempPathFactory)
         return
     port = broker.free_port()
     proc = broker.start_tansu(port, tmp_path_factory.mktemp("stack-broker") / "tansu.log")
+    bootstrap = f"127.0.0.1:{port}"
+    _LOCAL_BROKERS[bootstrap] = proc
     try:
-        bootstrap = f"127.0.0.1:{port}"
         kafkakit.wait_for_broker(bootstrap, timeout_s=30)
         yield bootstrap
     finally:
+        _LOCAL_BROKERS.pop(bootstrap, None)
         stop_process(proc)
+
+
+_LOCAL_BROKERS: dict[str, subprocess.Popen[bytes]] = {}
+
+
+@pytest.fixture(scope="module")
+def broker_outage(stack_kafka: str) -> Callable[[float], str]:
+    """Take the module's broker away for some seconds and bring it back; returns how.
+
+    The local Tansu keeps its data only in memory, so it cannot be restarted without losing
+    every topic: it is frozen (SIGSTOP) and thawed (SIGCONT) instead. Clients then see what
+    they see of a dead broker (no answers, timeouts, sessions expiring), but the log
+    survives, which a real restart must prove by itself. Against an external broker (the
+    docker-compose Apache Kafka), FAULTS_BROKER_STOP_CMD and FAULTS_BROKER_START_CMD are
+    run instead (e.g. `docker compose stop kafka` / `docker compose start kafka`); without
+    them the case fails, naming them."""
+    def outage(seconds: float) -> str:
+        proc = _LOCAL_BROKERS.get(stack_kafka)
+        if proc is not None:
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(0.2)
+                state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                assert state == "T", f"the broker was not stopped (state {state})"
+                time.sleep(seconds)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            return f"local Tansu frozen {seconds:g} s (SIGSTOP/SIGCONT: memory storage)"
+        stop, start = (os.environ.get(f"FAULTS_BROKER_{k}_CMD", "") for k in ("STOP", "START"))
+        if not (stop and start):
+            raise AssertionError("an external broker: set FAULTS_BROKER_STOP_CMD and "
+                                 "FAULTS_BROKER_START_CMD to stop and start it")
+        subprocess.run(shlex.split(stop), check=True, timeout=120)
+        try:
+            time.sleep(seconds)
+        finally:
+            subprocess.run(shlex.split(start), check=True, timeout=300)
+        return f"broker stopped {seconds:g} s and started ({stop!r}, {start!r})"
+
+    return outage
 
 
 @pytest.fixture

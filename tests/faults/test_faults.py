@@ -62,7 +62,7 @@ def rig(infra: Infrastructure, stack_kafka: str, tmp_path_factory: pytest.TempPa
 COLUMNS = ["fault", "acked", "exactly one outcome", "missing", "several", "offer notes != 1",
            "duplicates", "client retries", "replayed", "settle s", "seq violations",
            "crashes", "dead letters", "revoked", "open offers from before",
-           "officer notes kept"]
+           "officer notes kept", "broker"]
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
@@ -325,6 +325,28 @@ def test_postgres_goes_away_during_writes(rig: tuple[Stack, Audit], infra: Infra
         during(load, 250, _postgres_outage(infra, urls, 5)),
         during(load, 650, _postgres_outage(infra, urls, 5))])
     # an outage is no fault of any message: nothing may be dead-lettered for it
+    row["dead letters"] = audit.dead_letter_total() - letters_before
+    assert row["dead letters"] == 0, row
+
+
+def test_broker_goes_away_during_production(rig: tuple[Stack, Audit],
+                                           broker_outage: Callable[[float], str]) -> None:
+    """The broker stops answering while referrals are being submitted and routed: the apis
+    keep accepting (they write only to PostgreSQL), relays keep their rows until the broker
+    acknowledges them, consumers resume from their committed offsets."""
+    stack, audit = rig
+    how: list[str] = []
+    letters_before = audit.dead_letter_total()
+    def twice(load: Load) -> list[Any]:
+        def act() -> None:  # one after the other: overlapping outages would shorten both
+            how.append(broker_outage(8))
+            wait_for(lambda: load.done >= 650, timeout=300, message="650 acknowledged")
+            how.append(broker_outage(8))
+        return [during(load, 250, act)]
+
+    row = run_fault(stack, audit, "broker away 8 s (twice)", twice)
+    row["broker"] = how[0] if how else "-"
+    assert len(how) == 2, how
     row["dead letters"] = audit.dead_letter_total() - letters_before
     assert row["dead letters"] == 0, row
 
