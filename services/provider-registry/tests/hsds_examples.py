@@ -14,7 +14,7 @@ def contact(level: str, **extra: Any) -> dict[str, Any]:
     cid = CONTACT_IDS[level]
     return {"id": cid, "name": f"{level.title()} Contact", "title": f"{level} lead",
             "department": "Intake", "email": f"{level}@example.org",
-            "phones": [{"id": cid[:-4] + "9999", "number": "+1 206 555 0100",
+            "phones": [{"id": cid.replace("c0", "d0", 1), "number": "+1 206 555 0100",
                         "extension": 7, "type": "voice", "description": f"{level} desk"}],
             **extra}
 
