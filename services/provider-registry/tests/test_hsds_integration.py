@@ -525,9 +525,8 @@ def test_a_contact_naming_another_owner_is_reported_and_nothing_of_its_record_is
     report = _post(reg, [bad, org]).json
     assert (report["created"], report["rejected"], report["organizations"]) == (0, 1, 1)
     reasons = {r["record"]: r.get("errors") or r.get("warnings") for r in report["records"]}
-    assert reasons[f"service {EXAMPLE_ID}"] == [
-        "service_at_locations.0.contacts.0.service_at_location_id: differs from the "
-        "enclosing record"]
+    where = "service_at_locations.0.contacts.0.service_at_location_id"
+    assert reasons[f"service {EXAMPLE_ID}"] == [f"{where}: differs from the enclosing record"]
     assert reasons[f"organization {org['id']}"] == [
         "contacts.0.service_id: not part of this record; dropped"]
     assert (reg.count("service"), reg.count("contact")) == (0, 1)
@@ -577,3 +576,19 @@ def test_contacts_of_a_confidential_site_never_show_and_survive_reimporting_the_
     assert (CONTACT_IDS["location"], loc["id"], None) in kept
     assert (CONTACT_IDS["service_at_location"], None, sal_id) in kept
     assert sorted(phones) == sorted(CONTACT_IDS.values())
+
+
+def test_deleting_a_service_or_organization_through_the_api_takes_their_contacts_along(
+        reg: Harness) -> None:
+    assert _post(reg, with_contacts(_example())).json["created"] == 1
+    assert reg.client.delete(f"/v1/services/{EXAMPLE_ID}",
+                             headers=reg.auth("admin")).status_code == 204
+    with reg.db.engine.connect() as conn:
+        left = set(conn.execute(select(tables.contact.c.id)).scalars())
+    assert left == {CONTACT_IDS["organization"], CONTACT_IDS["location"]}
+    with reg.db.engine.connect() as conn:
+        phones = set(conn.execute(select(tables.phone.c.contact_id)).scalars())
+    assert phones == left  # the service's phone went with it (the example's only other)
+    assert reg.client.delete(f"/v1/organizations/{ORG_ID}",
+                             headers=reg.auth("admin")).status_code == 204
+    assert (reg.count("contact"), reg.count("phone")) == (0, 0)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hsds_examples import CONTACT_IDS, with_contacts
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from hsds_examples import CONTACT_IDS, with_contacts
 from registry_harness import Harness
 
 from provider_registry import synthetic

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hsds_examples import CONTACT_IDS, with_contacts
 
 from provider_registry import domain, synthetic
@@ -278,7 +277,7 @@ def test_contacts_are_kept_at_their_most_specific_owner_with_their_phones() -> N
         CONTACT_IDS["location"]: {"location_id": sal["location"]["id"]},
         CONTACT_IDS["service"]: {"service_id": doc["id"]},
         CONTACT_IDS["organization"]: {"organization_id": doc["organization"]["id"]}}
-    [phone] = [c for c in b.contacts if c["id"] == CONTACT_IDS["service"]][0]["phones"]
+    [phone] = next(c for c in b.contacts if c["id"] == CONTACT_IDS["service"])["phones"]
     assert (phone["contact_id"], phone["service_id"], phone["number"], phone["extension"]) == (
         CONTACT_IDS["service"], None, "+1 206 555 0100", "7")
     # the fixed example lists one contact under all four: the service at location keeps it
@@ -318,12 +317,11 @@ def test_datapackage_contacts_join_their_owner_and_orphans_or_bad_rows_are_repor
     assert any(w.startswith("service_at_locations.0.location.contacts.0.organization_id")
                for w in b.warnings)
     header = files["contacts.csv"].splitlines()[0]
-    files["contacts.csv"] = "\n".join([
-        header,
-        "c1000000-0000-4000-8000-000000000001,,ac148810-d857-441c-9679-408f346de14b,,,"
-        "Svc,Lead,Intake,svc@example.org",
-        "c1000000-0000-4000-8000-000000000002,,99999999-9999-4999-8999-999999999999,,,"
-        "Nobody,,,", ""])
+    service_contact = ("c1000000-0000-4000-8000-000000000001,,"
+                       "ac148810-d857-441c-9679-408f346de14b,,,Svc,Lead,Intake,svc@example.org")
+    orphan = ("c1000000-0000-4000-8000-000000000002,,99999999-9999-4999-8999-999999999999,,,"
+              "Nobody,,,")
+    files["contacts.csv"] = f"{header}\n{service_contact}\n{orphan}\n"
     files["phones.csv"] += ("c1000000-0000-4000-8000-000000000009,,,,"
                             "c1000000-0000-4000-8000-000000000001,,+1 206 555 0101,,voice,\n")
     src = sources.from_tables(files)
@@ -332,8 +330,7 @@ def test_datapackage_contacts_join_their_owner_and_orphans_or_bad_rows_are_repor
         ("c1000000-0000-4000-8000-000000000001", ["c1000000-0000-4000-8000-000000000009"])]
     assert [(r["record"], r["errors"]) for r in src.rejected] == [
         ("contact c1000000-0000-4000-8000-000000000002",
-         ["no service_at_location, location, service or organization it names is in the "
-          "datapackage"])]
+         [sources.ORPHAN_CONTACT])]
     files["contacts.csv"] = files["contacts.csv"].replace("svc@example.org", "not an email")
     src = sources.from_tables(files)
     assert src.services == []

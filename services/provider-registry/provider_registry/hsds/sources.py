@@ -259,6 +259,8 @@ def from_tables(files: dict[str, str]) -> Source:
 
 
 CONTACT_OWNERS = ("service_at_location_id", "location_id", "service_id", "organization_id")
+ORPHAN_CONTACT = ("no service_at_location, location, service or organization it names is in "
+                  "the datapackage")
 
 
 def _nest_contacts(src: Source, contacts: list[dict[str, Any]],
@@ -275,9 +277,7 @@ def _nest_contacts(src: Source, contacts: list[dict[str, Any]],
         contact["phones"] = phones.get(contact["id"], [])
         owner = next((k for k in CONTACT_OWNERS if contact.get(k) in present[k]), None)
         if owner is None:
-            src.reject(f"contact {contact['id']}", [
-                "no service_at_location, location, service or organization it names is in "
-                "the datapackage"])
+            src.reject(f"contact {contact['id']}", [ORPHAN_CONTACT])
             continue
         contact["_owner"] = owner
         if owner != "service_id":

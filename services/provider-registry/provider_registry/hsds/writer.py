@@ -159,13 +159,14 @@ def kept_contacts(session: Session, hidden_location_ids: list[str]) -> list[dict
 
 def write_contacts(session: Session, contacts: list[dict[str, Any]], *,
                    service_ids: list[str], location_ids: list[str], sal_ids: list[str],
-                   organization_ids: list[str], kept: list[dict[str, Any]] = ()
+                   organization_ids: list[str], kept: list[dict[str, Any]] | None = None
                    ) -> list[dict[str, Any]]:
     """Replace the contacts whose most specific owner (service at location, location,
     service, organization: where the export lists them) is one of these, and put back
     ``kept`` (``kept_contacts``) unless the import carries the same contact. The phones
     of the contacts written, for ``write_phones``."""
     c = t.contact.c
+    kept = kept or []
     fresh = {row["id"]: row for row in contacts}
     sals = set(session.execute(select(t.service_at_location.c.id).where(t.one_of(
         session, t.service_at_location.c.id,
