@@ -170,7 +170,7 @@ def list_organizations(args: dict[str, Any]) -> Response:
                                            per_page=args["per_page"], search=args.get("search"))
         orgs = read.organizations(uow.session, ids)
     if not args.get("full"):
-        orgs = [{k: v for k, v in o.items() if k != "phones"} for o in orgs]
+        orgs = [{k: v for k, v in o.items() if k not in ("phones", "contacts")} for o in orgs]
     return _json(read.envelope(orgs, total, args["page"], args["per_page"]))
 
 

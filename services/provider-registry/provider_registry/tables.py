@@ -139,7 +139,24 @@ address = Table(  # HSDS address of a location (hidden with it when confidential
     Column("address_type", String(20), nullable=False),
 )
 
-phone = Table(  # HSDS phone of a service, organization or location (public numbers)
+contact = Table(  # HSDS contact of a service, organization, location or service at location
+    "contact", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organization.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("service_at_location_id", String(36),
+           ForeignKey("service_at_location.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("location_id", String(36), ForeignKey("location.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("name", String(500), nullable=True),
+    Column("title", String(500), nullable=True),
+    Column("department", String(500), nullable=True),
+    Column("email", String(320), nullable=True),
+)
+
+phone = Table(  # HSDS phone of a service, organization, location or contact (public numbers)
     "phone", metadata,
     Column("id", String(36), primary_key=True),
     Column("organization_id", String(36), ForeignKey("organization.id", ondelete="CASCADE"),
@@ -147,6 +164,8 @@ phone = Table(  # HSDS phone of a service, organization or location (public numb
     Column("service_id", String(36), ForeignKey("service.id", ondelete="CASCADE"),
            nullable=True, index=True),
     Column("location_id", String(36), ForeignKey("location.id", ondelete="CASCADE"),
+           nullable=True, index=True),
+    Column("contact_id", String(36), ForeignKey("contact.id", ondelete="CASCADE"),
            nullable=True, index=True),
     Column("number", String(100), nullable=False),
     Column("extension", String(20), nullable=True),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import json
 import zipfile
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hsds_examples import CONTACT_IDS, with_contacts
 from registry_harness import PROBLEM, Harness
 from sqlalchemy import select, update
 from sqlalchemy import text as sql_text
@@ -195,13 +197,32 @@ def _fresh(make_settings: Callable[..., Settings]) -> Harness:
     return Harness(settings, app.extensions["db"], app.test_client())
 
 
+def _assert_contacts_exported(docs: list[dict[str, Any]]) -> None:
+    """The example's contacts come back under the owner they were imported under, with
+    every field and their phone."""
+    [doc] = [d for d in docs if d["id"] == EXAMPLE_ID]
+    sal = doc["service_at_locations"][0]
+    found = {"organization": doc["organization"]["contacts"], "service": doc["contacts"],
+             "service_at_location": sal["contacts"], "location": sal["location"]["contacts"]}
+    for level, [c] in found.items():
+        assert (c["id"], c["name"], c["title"], c["department"], c["email"]) == (
+            CONTACT_IDS[level], f"{level.title()} Contact", f"{level} lead", "Intake",
+            f"{level}@example.org")
+        [phone] = c["phones"]
+        assert (phone["number"], phone["extension"], phone["description"]) == (
+            "+1 206 555 0100", 7, f"{level} desk")
+    assert found["service_at_location"][0]["service_at_location_id"] == sal["id"]
+    assert found["location"][0]["location_id"] == sal["location"]["id"]
+
+
 def test_export_validates_and_import_export_import_is_lossless(
         reg: Harness, make_settings: Callable[..., Settings]) -> None:
     synthetic.seed_city(reg.db, 40, seed=11)
-    _post(reg, _example())
+    _post(reg, with_contacts(_example()))
     first = _export(reg)
     assert len(first) == 41
     assert [p for d in first for p in validation.validate_service(d)] == []
+    _assert_contacts_exported(first)
     other = _fresh(make_settings)
     try:
         report = _post(other, first).json
@@ -219,7 +240,7 @@ def test_export_validates_and_import_export_import_is_lossless(
 def test_the_datapackage_export_validates_row_by_row_and_round_trips(
         reg: Harness, make_settings: Callable[..., Settings]) -> None:
     synthetic.seed_city(reg.db, 25, seed=12)
-    _post(reg, _example())
+    _post(reg, with_contacts(_example()))
     resp = reg.client.get("/v1/export/hsds?format=datapackage", headers=reg.auth("admin"))
     assert (resp.status_code, resp.mimetype) == (200, "application/zip")
     with zipfile.ZipFile(io.BytesIO(resp.data)) as zf:
@@ -227,10 +248,16 @@ def test_the_datapackage_export_validates_row_by_row_and_round_trips(
     assert "datapackage.json" in files and "services.csv" in files
     src = sources.from_tables({k: v for k, v in files.items() if k.endswith(".csv")})
     assert src.rejected == [] and len(src.services) == 26
+    assert sorted(r["id"] for r in csv.DictReader(io.StringIO(files["contacts.csv"]))) == sorted(
+        CONTACT_IDS.values())
+    phones = {r["contact_id"]: r for r in csv.DictReader(io.StringIO(files["phones.csv"]))
+              if r["contact_id"]}
+    assert sorted(phones) == sorted(CONTACT_IDS.values())
     other = _fresh(make_settings)
     try:
         assert _post(other, resp.data, content_type="application/zip").json["created"] == 26
         assert _export(other) == _export(reg)
+        _assert_contacts_exported(_export(other))
     finally:
         other.db.dispose()
 
@@ -459,3 +486,109 @@ def test_bulk_events_keep_every_byte_of_their_data_and_count_sequences_per_servi
         (EXAMPLE_ID, 1), (second["id"], 1), (EXAMPLE_ID, 2), (second["id"], 2)]  # the
     # last: `second` shares the organization and site that the re-import wrote again
     assert envs[0].data["service_name"] == envs[2].data["service_name"] == first["name"]
+
+
+def test_reimporting_changed_contacts_updates_them_in_place_and_never_duplicates(
+        reg: Harness) -> None:
+    doc = with_contacts(_example())
+    assert _post(reg, doc).json["created"] == 1
+    assert (reg.count("contact"), reg.count("phone")) == (4, 5)
+    assert _post(reg, doc).json["unchanged"] == 1
+    doc["contacts"][0]["name"] = "Renamed"
+    doc["contacts"][0]["phones"][0]["number"] = "+1 206 555 0199"
+    del doc["service_at_locations"][0]["location"]["contacts"]
+    assert _post(reg, doc).json["updated"] == 1
+    assert (reg.count("contact"), reg.count("phone")) == (3, 4)
+    [exported] = _export(reg)
+    [c] = exported["contacts"]
+    assert (c["name"], c["phones"][0]["number"]) == ("Renamed", "+1 206 555 0199")
+    assert exported["service_at_locations"][0]["location"]["contacts"] == []
+    assert importer.import_source(reg.db, sources.from_json(
+        {**doc["organization"], "id": doc["organization"]["id"],
+         "contacts": [{"id": CONTACT_IDS["organization"], "name": "Org Desk"}]}),
+        default_radius_km=25).organizations == 1
+    [exported] = _export(reg)
+    assert [(c["id"], c["name"], c["phones"]) for c in exported["organization"]["contacts"]
+            ] == [(CONTACT_IDS["organization"], "Org Desk", [])]
+    assert reg.count("contact") == 3
+
+
+def test_a_contact_naming_another_owner_is_reported_and_nothing_of_its_record_is_written(
+        reg: Harness) -> None:
+    bad = with_contacts(_example())
+    bad["service_at_locations"][0]["contacts"][0]["service_at_location_id"] = (
+        "99999999-9999-4999-8999-999999999999")
+    org = {"id": "a0000000-0000-4000-8000-000000000001", "name": "Lone Org",
+           "description": "no services",
+           "contacts": [{"id": "a0000000-0000-4000-8000-000000000002", "name": "Desk",
+                         "service_id": "99999999-9999-4999-8999-999999999999"}]}
+    report = _post(reg, [bad, org]).json
+    assert (report["created"], report["rejected"], report["organizations"]) == (0, 1, 1)
+    reasons = {r["record"]: r.get("errors") or r.get("warnings") for r in report["records"]}
+    where = "service_at_locations.0.contacts.0.service_at_location_id"
+    assert reasons[f"service {EXAMPLE_ID}"] == [f"{where}: differs from the enclosing record"]
+    assert reasons[f"organization {org['id']}"] == [
+        "contacts.0.service_id: not part of this record; dropped"]
+    assert (reg.count("service"), reg.count("contact")) == (0, 1)
+    [stored] = reg.get(f"/hsds/organizations/{org['id']}")["contacts"]
+    assert (stored["id"], stored["organization_id"], "service_id" in stored) == (
+        "a0000000-0000-4000-8000-000000000002", org["id"], False)
+
+
+def test_contacts_of_a_confidential_site_never_show_and_survive_reimporting_the_export(
+        reg: Harness, make_settings: Callable[..., Settings]) -> None:
+    from provider_registry.hsds import taxonomy
+    doc = with_contacts(_example())
+    loc = doc["service_at_locations"][0]["location"]
+    loc["attributes"] = [{"id": "0f4c3b0e-9d43-4a8c-9f41-0d1d8a1c2b3a", "link_id": loc["id"],
+                          "link_entity": "location",
+                          "taxonomy_term": taxonomy.CONFIDENTIAL_TERM}]
+    assert _post(reg, doc).json["created"] == 1
+    assert reg.count("contact") == 4
+    hidden = ("Location Contact", "Service_At_Location Contact", CONTACT_IDS["location"],
+              CONTACT_IDS["service_at_location"], "location@example.org")
+    sal_id = doc["service_at_locations"][0]["id"]
+    exported = reg.get("/v1/export/hsds", role="admin")
+    zipped = reg.get("/v1/export/hsds?format=datapackage", role="admin")
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+        tabular = "".join(zf.read(n).decode() for n in zf.namelist())
+    public = [json.dumps(exported), tabular,
+              json.dumps(reg.get(f"/hsds/services/{EXAMPLE_ID}")),
+              json.dumps(reg.get("/hsds/services?full=true")),
+              json.dumps(reg.get("/hsds/service_at_locations")),
+              json.dumps(reg.get(f"/hsds/service_at_locations/{sal_id}")),
+              json.dumps(reg.get(f"/hsds/organizations/{ORG_ID}?full_service=true"))]
+    for text in public:
+        assert not [h for h in hidden if h in text]
+    for i in (0, 1, 2, 3, 5, 6):  # the service's and organization's own contacts do show
+        assert "Service Contact" in public[i] and "Organization Contact" in public[i]
+    [exported_doc] = exported
+    assert [c["id"] for c in exported_doc["contacts"]] == [CONTACT_IDS["service"]]
+    again = importer.import_source(reg.db, sources.from_json(exported), default_radius_km=25)
+    assert (again.updated, again.rejected) == (1, 0)
+    assert reg.count("contact") == 4  # the hidden site's contacts are kept, not dropped
+    with reg.db.engine.connect() as conn:
+        kept = conn.execute(select(tables.contact.c.id, tables.contact.c.location_id,
+                                   tables.contact.c.service_at_location_id)
+                            .order_by(tables.contact.c.id)).all()
+        phones = conn.execute(select(tables.phone.c.contact_id).where(
+            tables.phone.c.contact_id.is_not(None))).scalars().all()
+    assert (CONTACT_IDS["location"], loc["id"], None) in kept
+    assert (CONTACT_IDS["service_at_location"], None, sal_id) in kept
+    assert sorted(phones) == sorted(CONTACT_IDS.values())
+
+
+def test_deleting_a_service_or_organization_through_the_api_takes_their_contacts_along(
+        reg: Harness) -> None:
+    assert _post(reg, with_contacts(_example())).json["created"] == 1
+    assert reg.client.delete(f"/v1/services/{EXAMPLE_ID}",
+                             headers=reg.auth("admin")).status_code == 204
+    with reg.db.engine.connect() as conn:
+        left = set(conn.execute(select(tables.contact.c.id)).scalars())
+    assert left == {CONTACT_IDS["organization"], CONTACT_IDS["location"]}
+    with reg.db.engine.connect() as conn:
+        phones = set(conn.execute(select(tables.phone.c.contact_id)).scalars())
+    assert phones == left  # the service's phone went with it (the example's only other)
+    assert reg.client.delete(f"/v1/organizations/{ORG_ID}",
+                             headers=reg.auth("admin")).status_code == 204
+    assert (reg.count("contact"), reg.count("phone")) == (0, 0)

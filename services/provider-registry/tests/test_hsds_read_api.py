@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hsds_examples import CONTACT_IDS, with_contacts
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -58,7 +59,7 @@ def _params(path: str) -> list[str]:
 @pytest.fixture
 def directory(reg: Harness) -> Harness:
     synthetic.seed_city(reg.db, 30, seed=21)
-    body = json.loads((DATA / "service_full.json").read_text())
+    body = with_contacts(json.loads((DATA / "service_full.json").read_text()))
     resp = reg.client.post("/v1/import/hsds", json=body, headers=reg.auth("admin"))
     assert resp.json["created"] == 1
     return reg
@@ -93,6 +94,30 @@ def test_every_list_and_item_path_conforms_to_the_hsds_openapi(directory: Harnes
     sal = reg.get(f"/hsds/service_at_locations/{sals['contents'][0]['id']}")
     _check("/service_at_locations/{id}", sal)
     assert [s["id"] for s in sal["service_at_locations"]] == [sals["contents"][0]["id"]]
+
+
+def test_contacts_show_where_the_spec_nests_them_and_conform(directory: Harness) -> None:
+    reg = directory
+    sid = "ac148810-d857-441c-9679-408f346de14b"
+    doc = reg.get(f"/hsds/services/{sid}")
+    _check("/services/{id}", doc)
+    sal = doc["service_at_locations"][0]
+    assert [c["id"] for c in doc["contacts"]] == [CONTACT_IDS["service"]]
+    assert [c["id"] for c in doc["organization"]["contacts"]] == [CONTACT_IDS["organization"]]
+    assert [c["id"] for c in sal["contacts"]] == [CONTACT_IDS["service_at_location"]]
+    assert [c["id"] for c in sal["location"]["contacts"]] == [CONTACT_IDS["location"]]
+    assert doc["contacts"][0]["phones"][0]["number"] == "+1 206 555 0100"
+    org_id = doc["organization_id"]
+    org = reg.get(f"/hsds/organizations/{org_id}?full_service=true")
+    _check("/organizations/{id}", org)
+    assert [c["id"] for c in org["contacts"]] == [CONTACT_IDS["organization"]]
+    assert [c["id"] for c in org["services"][0]["contacts"]] == [CONTACT_IDS["service"]]
+    one = reg.get(f"/hsds/service_at_locations/{sal['id']}")
+    _check("/service_at_locations/{id}", one)
+    assert one["service_at_locations"][0]["contacts"] == sal["contacts"]
+    listed = reg.get("/hsds/services?full=true&per_page=100")
+    _check("/services", listed)
+    assert [d for d in listed["contents"] if d["id"] == sid] == [doc]
 
 
 def test_the_spec_query_parameters_are_accepted_and_filter(directory: Harness) -> None:

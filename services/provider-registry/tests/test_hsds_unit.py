@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hsds_examples import CONTACT_IDS, with_contacts
 
 from provider_registry import domain, synthetic
 from provider_registry.hsds import bundle, mapping, sources, taxonomy, validation
@@ -262,3 +263,79 @@ def test_bulk_work_pauses_the_cyclic_collector_and_always_restores_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# --- contacts ---------------------------------------------------------------------------
+
+def test_contacts_are_kept_at_their_most_specific_owner_with_their_phones() -> None:
+    doc = with_contacts(_example())
+    sal = doc["service_at_locations"][0]
+    b = bundle.bundle_of(doc, known_terms={}, default_radius_km=25, now=NOW)
+    owners = {c["id"]: {k: c[k] for k in bundle.CONTACT_OWNERS if c[k]} for c in b.contacts}
+    assert owners == {
+        CONTACT_IDS["service_at_location"]: {"service_at_location_id": sal["id"]},
+        CONTACT_IDS["location"]: {"location_id": sal["location"]["id"]},
+        CONTACT_IDS["service"]: {"service_id": doc["id"]},
+        CONTACT_IDS["organization"]: {"organization_id": doc["organization"]["id"]}}
+    [phone] = next(c for c in b.contacts if c["id"] == CONTACT_IDS["service"])["phones"]
+    assert (phone["contact_id"], phone["service_id"], phone["number"], phone["extension"]) == (
+        CONTACT_IDS["service"], None, "+1 206 555 0100", "7")
+    # the fixed example lists one contact under all four: the service at location keeps it
+    plain = bundle.bundle_of(_example(), known_terms={}, default_radius_km=25, now=NOW)
+    assert [(c["id"], c["service_at_location_id"]) for c in plain.contacts] == [
+        ("1e7efce3-639b-4880-940c-b95cd30cdb50", sal["id"])]
+
+
+def test_a_contact_naming_another_owner_rejects_the_record_and_a_stray_reference_warns(
+        ) -> None:
+    doc = with_contacts(_example())
+    doc["contacts"][0]["service_id"] = "99999999-9999-4999-8999-999999999999"
+    with pytest.raises(mapping.RecordError) as caught:
+        bundle.bundle_of(doc, known_terms={}, default_radius_km=25, now=NOW)
+    assert caught.value.reasons == ["contacts.0.service_id: differs from the enclosing record"]
+    doc = with_contacts(_example())
+    doc["contacts"][0]["location_id"] = "99999999-9999-4999-8999-999999999999"
+    doc["contacts"][0]["organization_id"] = doc["organization"]["id"]
+    b = bundle.bundle_of(doc, known_terms={}, default_radius_km=25, now=NOW)
+    [mine] = [c for c in b.contacts if c["id"] == CONTACT_IDS["service"]]
+    assert (mine["location_id"], mine["organization_id"]) == (None, doc["organization"]["id"])
+    assert "contacts.0.location_id: not part of this record; dropped" in b.warnings
+
+
+def test_datapackage_contacts_join_their_owner_and_orphans_or_bad_rows_are_reported() -> None:
+    files = {p.name: p.read_text() for p in (DATA / "datapackage").glob("*.csv")}
+    src = sources.from_tables(files)
+    [(_, doc)] = src.services
+    # the example's contact names a service at location and an organization that are not
+    # in the package: it joins its location, the most specific owner that is
+    [loc] = [s["location"] for s in doc["service_at_locations"]]
+    assert [c["id"] for c in loc["contacts"]] == ["1e7efce3-639b-4880-940c-b95cd30cdb50"]
+    b = bundle.bundle_of(doc, known_terms=src.terms, default_radius_km=25, now=NOW)
+    [c] = b.contacts
+    assert (c["location_id"], c["service_id"], c["service_at_location_id"]) == (
+        loc["id"], doc["id"], None)
+    assert any(w.startswith("service_at_locations.0.location.contacts.0.organization_id")
+               for w in b.warnings)
+    header = files["contacts.csv"].splitlines()[0]
+    service_contact = ("c1000000-0000-4000-8000-000000000001,,"
+                       "ac148810-d857-441c-9679-408f346de14b,,,Svc,Lead,Intake,svc@example.org")
+    orphan = ("c1000000-0000-4000-8000-000000000002,,99999999-9999-4999-8999-999999999999,,,"
+              "Nobody,,,")
+    files["contacts.csv"] = f"{header}\n{service_contact}\n{orphan}\n"
+    files["phones.csv"] += ("c1000000-0000-4000-8000-000000000009,,,,"
+                            "c1000000-0000-4000-8000-000000000001,,+1 206 555 0101,,voice,\n")
+    src = sources.from_tables(files)
+    [(_, doc)] = src.services
+    assert [(c["id"], [p["id"] for p in c["phones"]]) for c in doc["contacts"]] == [
+        ("c1000000-0000-4000-8000-000000000001", ["c1000000-0000-4000-8000-000000000009"])]
+    assert [(r["record"], r["errors"]) for r in src.rejected] == [
+        ("contact c1000000-0000-4000-8000-000000000002",
+         [sources.ORPHAN_CONTACT])]
+    files["contacts.csv"] = files["contacts.csv"].replace("svc@example.org", "not an email")
+    src = sources.from_tables(files)
+    assert src.services == []
+    assert [r["record"] for r in src.rejected] == [
+        "contacts.csv line 2", "contact c1000000-0000-4000-8000-000000000002",
+        "service ac148810-d857-441c-9679-408f346de14b"]
+    assert src.rejected[0]["errors"] == ["email: not a valid email"]
+    assert "contact rows of this service are invalid" in src.rejected[2]["errors"]

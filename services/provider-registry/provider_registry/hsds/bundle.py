@@ -22,6 +22,8 @@ from .mapping import (
     schedule_of,
 )
 
+CONTACT_OWNERS = ("service_at_location_id", "location_id", "service_id", "organization_id")
+_CONTACT_FIELDS = ("id", "name", "title", "department", "email")
 _ADDRESS_FIELDS = ("id", "attention", "address_1", "address_2", "city", "region",
                    "state_province", "postal_code", "country", "address_type")
 
@@ -67,6 +69,7 @@ def _location(loc: dict[str, Any], org_id: str, known_terms: dict[str, dict[str,
                       "-180..180)")
         return None, [], []
     row = {"id": loc["id"], "organization_id": loc.get("organization_id") or org_id,
+           "hidden": lat is None,  # exported hidden (confidential): stored details are kept
            "name": loc.get("name"), "location_type": loc.get("location_type") or "physical",
            "description": loc.get("description"), "latitude": lat, "longitude": lon,
            "confidential": confidential,
@@ -99,6 +102,77 @@ def _sites(doc: dict[str, Any], org_id: str, known_terms: dict[str, dict[str, An
             attrs += loc_attrs
             terms += loc_terms
     return locations, sal_ids, attrs, terms
+
+
+def _contacts(nests: list[tuple[str, str, str, list[dict[str, Any]]]],
+              own: dict[str, set[str]], errors: list[str], warnings: list[str]
+              ) -> list[dict[str, Any]]:
+    """Contact rows of a record: ``nests`` are (path, owner column, owner id, contacts),
+    the most specific owner first; a contact listed under several owners (HSDS examples do
+    that) is kept by the most specific one. A contact's other references must name what
+    the record itself carries (``own``: column -> ids); any other is dropped with a
+    warning, as a location's unknown organization is."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, column, owner_id, rows in nests:
+        for i, c in enumerate(rows):
+            where = f"{path}.{i}"
+            if c.get(column) not in (None, owner_id):
+                errors.append(f"{where}.{column}: differs from the enclosing record")
+                continue
+            if c["id"] in out:
+                continue
+            row = {k: c.get(k) for k in _CONTACT_FIELDS} | {k: None for k in CONTACT_OWNERS}
+            row[column] = owner_id
+            for other in CONTACT_OWNERS:
+                ref = c.get(other)
+                if other == column or ref is None:
+                    continue
+                if ref in own[other]:
+                    row[other] = ref
+                else:
+                    warnings.append(f"{where}.{other}: not part of this record; dropped")
+            row["phones"] = _phones(c.get("phones") or [], contact_id=c["id"])
+            out[c["id"]] = row
+    return list(out.values())
+
+
+def organization_contacts(org: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The contact rows of an ``organization`` record imported on its own (no services)
+    and the warnings: they belong to the organization; ``RecordError`` if one names
+    another one."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    own = {"service_at_location_id": set(), "location_id": set(), "service_id": set(),
+           "organization_id": {org["id"]}}
+    rows = _contacts([("contacts", "organization_id", org["id"], org.get("contacts") or [])],
+                     own, errors, warnings)
+    if errors:
+        raise RecordError(errors)
+    return rows, warnings
+
+
+def _record_contacts(doc: dict[str, Any], org_doc: dict[str, Any] | None, org_id: str,
+                    locations: list[dict[str, Any]], sal_ids: dict[str, str],
+                    errors: list[str], warnings: list[str]) -> list[dict[str, Any]]:
+    kept = {loc["id"] for loc in locations}
+    nests = []
+    for i, sal in enumerate(doc.get("service_at_locations") or []):
+        loc = sal.get("location") or {}
+        if loc.get("id") in kept and sal_ids.get(loc["id"]) == sal["id"]:
+            nests.append((f"service_at_locations.{i}.contacts", "service_at_location_id",
+                          sal["id"], sal.get("contacts") or []))
+    for i, sal in enumerate(doc.get("service_at_locations") or []):
+        loc = sal.get("location") or {}
+        if loc.get("id") in kept:
+            nests.append((f"service_at_locations.{i}.location.contacts", "location_id",
+                          loc["id"], loc.get("contacts") or []))
+    nests.append(("contacts", "service_id", doc["id"], doc.get("contacts") or []))
+    if org_doc:
+        nests.append(("organization.contacts", "organization_id", org_id,
+                      org_doc.get("contacts") or []))
+    own = {"service_at_location_id": set(sal_ids.values()), "location_id": kept,
+           "service_id": {doc["id"]}, "organization_id": {org_id}}
+    return _contacts(nests, own, errors, warnings)
 
 
 def bundle_of(doc: dict[str, Any], *, known_terms: dict[str, dict[str, Any]],
@@ -136,6 +210,7 @@ def bundle_of(doc: dict[str, Any], *, known_terms: dict[str, dict[str, Any]],
                                                                warnings)),
         interpretation_available=bool(doc.get("interpretation_services")),
         service_area=area, schedule=schedule, last_modified=now, last_confirmed=confirmed)
+    contacts = _record_contacts(doc, org_doc, org_id, locations, sal_ids, errors, warnings)
     rule_errors = domain.service_errors(svc, len(locations))
     errors += [f"{k}: {' '.join(v)}" for k, v in rule_errors.items()
                if not (k == "service_area" and any(e.startswith("service_areas") for e in errors))]
@@ -150,5 +225,5 @@ def bundle_of(doc: dict[str, Any], *, known_terms: dict[str, dict[str, Any]],
                   organization=organization_row(org_doc) if org_doc else None, service=svc,
                   service_row=row, locations=locations, site_ids=list(sal_ids),
                   sal_ids=sal_ids, attributes=attrs + loc_attrs, terms=terms + loc_terms,
-                  phones=phones, warnings=warnings,
+                  phones=phones, contacts=contacts, warnings=warnings,
                   digest=doc_digest or digest(doc))

@@ -1,7 +1,8 @@
 """The directory as HSDS 3.0 ``service_full`` documents (for export and the ``/hsds/`` API).
 
 Built for many services at once (one query per table). Confidential locations appear
-without coordinates, addresses or phones, marked with the ``confidential-location`` term,
+without coordinates, addresses, phones or contacts (nor those of their services at
+location), marked with the ``confidential-location`` term,
 so re-importing an export keeps them confidential and keeps their stored coordinates.
 HSDS 3.0 schedules carry a UTC offset, not a time-zone name: the offset written is the one
 in force at export time.
@@ -120,9 +121,33 @@ def service_documents(session: Session, ids: list[str], now: datetime | None = N
     phones = {"service": _rows_by(session, t.phone, t.phone.c.service_id, ids),
               "location": _rows_by(session, t.phone, t.phone.c.location_id, loc_ids),
               "organization": _rows_by(session, t.phone, t.phone.c.organization_id, org_ids)}
+    sal_ids = list(sals.values())
+    c = t.contact.c
+    contacts = contacts_by_owner(session, (
+        c.service_id.in_(ids) | c.location_id.in_(loc_ids) | c.service_at_location_id.in_(sal_ids)
+        | c.organization_id.in_(org_ids)))
     ctx = {"attrs": attrs, "terms": terms, "addresses": addresses, "phones": phones,
+           "contacts": contacts,
            "locs": locs, "orgs": orgs, "sals": sals, "now": now}
     return [prune(_document(loaded[i], svc_rows[i], ctx)) for i in ids if i in loaded]
+
+
+CONTACT_OWNERS = ("service_at_location_id", "location_id", "service_id", "organization_id")
+
+
+def contacts_by_owner(session: Session, where: Any
+                      ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """HSDS contacts (with their phones) by their most specific owner, (owner column, id):
+    a contact is listed once, under its service at location, else its location, else its
+    service, else its organization, with every reference it has."""
+    rows = [dict(r._mapping) for r in session.execute(
+        select(t.contact).where(where).order_by(t.contact.c.id))]
+    phones = _rows_by(session, t.phone, t.phone.c.contact_id, [r["id"] for r in rows])
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        owner = next(k for k in CONTACT_OWNERS if row[k])
+        out[(owner, row[owner])].append(row | {"phones": _phones(phones[row["id"]], "contact")})
+    return out
 
 
 def _phones(rows: list[dict[str, Any]], only_owner: str) -> list[dict[str, Any]]:
@@ -139,10 +164,12 @@ def _number(text: str | None) -> int | float | None:
     return int(value) if value.is_integer() else value
 
 
-def organization_document(org: Any, phones: list[dict[str, Any]]) -> dict[str, Any]:
+def organization_document(org: Any, phones: list[dict[str, Any]],
+                          contacts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": org.id, "name": org.name, "description": org.description or "",
             "alternate_name": org.alternate_name, "email": org.email,
-            "website": org.website, "phones": _phones(phones, "organization")}
+            "website": org.website, "phones": _phones(phones, "organization"),
+            "contacts": contacts}
 
 
 def _location(loc: Any, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +182,8 @@ def _location(loc: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         doc.update(latitude=loc.latitude, longitude=loc.longitude,
                    addresses=[{k: v for k, v in a.items() if k != "location_id"} | {
                        "location_id": loc.id} for a in ctx["addresses"][loc.id]],
-                   phones=_phones(ctx["phones"]["location"][loc.id], "location"))
+                   phones=_phones(ctx["phones"]["location"][loc.id], "location"),
+                   contacts=ctx["contacts"][("location_id", loc.id)])
     elif not any(taxonomy.is_confidential_marker(a["taxonomy_term"]) for a in stored):
         marker = taxonomy.CONFIDENTIAL_TERM
         stored.append({"id": _sub_id(loc.id, "confidential"), "link_id": loc.id,
@@ -183,14 +211,24 @@ def _document(one: Any, row: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         if svc.interpretation_available else None,
         "assured_date": svc.last_confirmed and svc.last_confirmed.date().isoformat(),
         "last_modified": _time(svc.last_modified),
-        "organization": organization_document(org, ctx["phones"]["organization"][org.id]),
+        "organization": organization_document(org, ctx["phones"]["organization"][org.id],
+                                              ctx["contacts"][("organization_id", org.id)]),
         "phones": _phones(ctx["phones"]["service"][sid], "service"),
+        "contacts": ctx["contacts"][("service_id", sid)],
         "schedules": schedules(sid, svc.schedule, ctx["now"]),
         "languages": [{"id": _sub_id(sid, f"language:{code}"), "service_id": sid,
                        "code": code, "name": LANGUAGE_NAMES.get(code.split("-")[0], code)}
                       for code in svc.languages],
         "service_areas": _area(sid, svc.service_area), "attributes": attrs,
-        "service_at_locations": [
-            {"id": ctx["sals"][(sid, loc.id)], "service_id": sid, "location_id": loc.id,
-             "location": _location(ctx["locs"][loc.id], ctx)} for loc in one.locations],
+        "service_at_locations": [_sal(ctx["sals"][(sid, loc.id)], sid, ctx["locs"][loc.id], ctx)
+                                 for loc in one.locations],
     }
+
+
+def _sal(sal_id: str, sid: str, loc: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+    """A service at location; the contacts of one at a confidential site are hidden with
+    the site's other details."""
+    return {"id": sal_id, "service_id": sid, "location_id": loc.id,
+            "contacts": [] if loc.confidential else ctx["contacts"][("service_at_location_id",
+                                                                     sal_id)],
+            "location": _location(loc, ctx)}

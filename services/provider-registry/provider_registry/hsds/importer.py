@@ -26,7 +26,7 @@ from .. import domain
 from .. import tables as t
 from ..handlers import SOURCE
 from . import taxonomy, writer
-from .bundle import bundle_of, organization_row
+from .bundle import bundle_of, organization_contacts, organization_row
 from .mapping import Bundle, RecordError, _phones, digest
 from .sources import Source, gc_paused
 
@@ -84,14 +84,30 @@ def _import_source(db: Database, src: Source, *, default_radius_km: float, chunk
                              for r in src.rejected])
     now = datetime.now(UTC)
     opts = Options(default_radius_km, adjust, capacities or {})
+    orgs, org_contacts = [], []
+    for label, o in src.organizations:
+        try:
+            rows, warnings = organization_contacts(o)
+        except RecordError as exc:
+            _reject(report, label, exc.reasons)
+            continue
+        orgs.append(o)
+        org_contacts += rows
+        if warnings:
+            report.records.append({"record": label, "status": "imported",
+                                   "warnings": warnings})
     with db.transaction() as session:
         writer.write_taxonomy(session, list(src.taxonomies.values()), list(src.terms.values()))
-        org_ids = [o["id"] for _, o in src.organizations]
+        org_ids = [o["id"] for o in orgs]
         report.organizations += writer.write_organizations(
-            session, [organization_row(o) for _, o in src.organizations], now)
-        writer.write_phones(session, [p for _, o in src.organizations
+            session, [organization_row(o) for o in orgs], now)
+        contact_phones = writer.write_contacts(
+            session, org_contacts, service_ids=[], location_ids=[], sal_ids=[],
+            organization_ids=org_ids)
+        writer.write_phones(session, [p for o in orgs
                                       for p in _phones(o.get("phones") or [],
-                                                       organization_id=o["id"])],
+                                                       organization_id=o["id"])]
+                            + contact_phones,
                             service_ids=[], location_ids=[], organization_ids=org_ids)
     done = 0
     touched: dict[str, set[str]] = {"org": set(), "loc": set(), "svc": set()}

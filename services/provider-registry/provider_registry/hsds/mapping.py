@@ -5,8 +5,9 @@ website), service (id, name, alternate_name, description, url, email, status, ag
 assured_date as the confirmation time, interpretation as a flag), its phones, schedules
 (weekly opening hours, UTC offset, valid_from/valid_to), languages (codes), service areas
 (our radius/geohash extents), attributes with their taxonomy terms (the need categories are
-derived from them), and each location (name, type, description, coordinates, addresses,
-phones, the confidential marker). Everything else in a record is accepted and not kept.
+derived from them), each location (name, type, description, coordinates, addresses,
+phones, the confidential marker), and the contacts of the organization, the service, its
+services at locations and its locations (name, title, department, email, phones). Everything else in a record is accepted and not kept.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class Bundle:
     attributes: list[dict[str, Any]]
     terms: list[dict[str, Any]]
     phones: list[dict[str, Any]]
+    # contact rows (their phones under "phones"), the most specific owner first
+    contacts: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     digest: str = ""
 
@@ -173,5 +176,6 @@ def _phones(rows: list[dict[str, Any]], **owner: str | None) -> list[dict[str, A
     return [{"id": p["id"], "number": str(p["number"]),
              "extension": None if p.get("extension") is None else str(p["extension"]),
              "type": p.get("type"), "description": p.get("description"),
-             "organization_id": None, "service_id": None, "location_id": None, **owner}
+             "organization_id": None, "service_id": None, "location_id": None,
+             "contact_id": None, **owner}
             for p in rows]

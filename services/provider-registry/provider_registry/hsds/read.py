@@ -62,7 +62,8 @@ def service_ids(session: Session, *, page: int, per_page: int, **filters: Any
 def service_list_item(doc: dict[str, Any]) -> dict[str, Any]:
     """``service_list``: the one-to-one fields and the organization."""
     return {k: v for k, v in doc.items() if k not in tabular.NESTED} | {
-        "organization": {k: v for k, v in doc["organization"].items() if k != "phones"}}
+        "organization": {k: v for k, v in doc["organization"].items()
+                         if k not in ("phones", "contacts")}}
 
 
 def organization_ids(session: Session, *, page: int, per_page: int,
@@ -76,8 +77,12 @@ def organizations(session: Session, ids: list[str]) -> list[dict[str, Any]]:
     rows = {r.id: r for r in session.execute(select(t.organization)
                                              .where(t.organization.c.id.in_(ids)))}
     phones = exporter._rows_by(session, t.phone, t.phone.c.organization_id, ids)
-    return [exporter.prune(exporter.organization_document(rows[i], phones[i]))
-            for i in ids if i in rows]
+    c = t.contact.c
+    contacts = exporter.contacts_by_owner(session, c.organization_id.in_(ids)
+                                          & c.service_id.is_(None) & c.location_id.is_(None)
+                                          & c.service_at_location_id.is_(None))
+    return [exporter.prune(exporter.organization_document(
+        rows[i], phones[i], contacts[("organization_id", i)])) for i in ids if i in rows]
 
 
 def services_of(session: Session, org_id: str) -> list[str]:

@@ -205,6 +205,9 @@ def from_tables(files: dict[str, str]) -> Source:
     loc_phones = _group([p for p in phones if not p.get("service_id")], "location_id")
     org_phones = _group([p for p in phones if not p.get("service_id")
                          and not p.get("location_id")], "organization_id")
+    contact_phones = _group([p for p in phones if not p.get("service_id")
+                             and not p.get("location_id") and not p.get("organization_id")],
+                            "contact_id")
     attrs = _group(get("attribute"), "link_id")
     addresses = _group(get("address"), "location_id")
     locations = {loc["id"]: {**loc, "addresses": addresses.get(loc["id"], []),
@@ -215,9 +218,14 @@ def from_tables(files: dict[str, str]) -> Source:
         org["phones"] = org_phones.get(org["id"], [])
     children = {name: _group(get(name), "service_id")
                 for name in ("schedule", "language", "service_area", "service_at_location")}
+    _nest_contacts(src, get("contact"), contact_phones, orgs, locations,
+                   {s["id"]: s for rows in children["service_at_location"].values()
+                    for s in rows}, {svc["id"] for svc in get("service")})
+    svc_contacts = _group([c for c in get("contact") if c.get("_owner") == "service_id"],
+                          "service_id")
     bad = {name: _bad_children(src, name) for name in
            ("schedule", "language", "service_area", "service_at_location", "phone",
-            "attribute")}
+            "attribute", "contact")}
     bad_orgs, bad_locs = _bad_ids(src, "organization"), _bad_ids(src, "location")
     for i, svc in enumerate(get("service")):
         label = _label("service", svc, i)
@@ -237,6 +245,7 @@ def from_tables(files: dict[str, str]) -> Source:
                "service_areas": children["service_area"].get(sid, []),
                "attributes": _with_terms(attrs.get(sid, []), src),
                "phones": svc_phones.get(sid, []),
+               "contacts": [_without_owner(c) for c in svc_contacts.get(sid, [])],
                "service_at_locations": [{**s, **({"location": locations[s["location_id"]]}
                                                  if s.get("location_id") in locations else {})}
                                         for s in sals]}
@@ -247,6 +256,38 @@ def from_tables(files: dict[str, str]) -> Source:
     src.organizations = [(f"organization {o['id']}", o) for o in orgs.values()
                          if o["id"] not in referenced]
     return src
+
+
+CONTACT_OWNERS = ("service_at_location_id", "location_id", "service_id", "organization_id")
+ORPHAN_CONTACT = ("no service_at_location, location, service or organization it names is in "
+                  "the datapackage")
+
+
+def _nest_contacts(src: Source, contacts: list[dict[str, Any]],
+                   phones: dict[str, list[dict[str, Any]]], orgs: dict[str, dict[str, Any]],
+                   locations: dict[str, dict[str, Any]], sals: dict[str, dict[str, Any]],
+                   services: set[str]) -> None:
+    """Each contact row goes to its most specific owner in the datapackage (service at
+    location, location, service, organization: where the JSON form nests it), with its
+    phones; a contact none of whose owners is in the datapackage is rejected. Service
+    contacts are marked (``_owner``) for the caller to nest."""
+    present = {"service_at_location_id": sals, "location_id": locations,
+               "service_id": services, "organization_id": orgs}
+    for contact in contacts:
+        contact["phones"] = phones.get(contact["id"], [])
+        owner = next((k for k in CONTACT_OWNERS if contact.get(k) in present[k]), None)
+        if owner is None:
+            src.reject(f"contact {contact['id']}", [ORPHAN_CONTACT])
+            continue
+        contact["_owner"] = owner
+        if owner != "service_id":
+            target = {"service_at_location_id": sals, "location_id": locations,
+                      "organization_id": orgs}[owner][contact[owner]]
+            target.setdefault("contacts", []).append(_without_owner(contact))
+
+
+def _without_owner(contact: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in contact.items() if k != "_owner"}
 
 
 def _bad_children(src: Source, table: str) -> set[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import validation
 
-NESTED = ("organization", "phones", "schedules", "languages", "service_areas", "attributes",
+NESTED = ("organization", "phones", "contacts", "schedules", "languages", "service_areas", "attributes",
           "service_at_locations", "location", "addresses", "taxonomy_term")
 
 
@@ -31,9 +31,11 @@ def tables_of(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         put("organization", _flat(org))
         for p in org.get("phones", []):
             put("phone", _flat(p, organization_id=org["id"]))
+        _contacts(org.get("contacts", []), put)
         put("service", _flat(doc))
         for p in doc.get("phones", []):
             put("phone", _flat(p, service_id=doc["id"]))
+        _contacts(doc.get("contacts", []), put)
         for table, key in (("schedule", "schedules"), ("language", "languages"),
                            ("service_area", "service_areas")):
             for row in doc.get(key, []):
@@ -41,14 +43,23 @@ def tables_of(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         _attributes(doc.get("attributes", []), put)
         for sal in doc.get("service_at_locations", []):
             put("service_at_location", _flat(sal))
+            _contacts(sal.get("contacts", []), put)
             loc = sal["location"]
             put("location", _flat(loc))
+            _contacts(loc.get("contacts", []), put)
             for a in loc.get("addresses", []):
                 put("address", _flat(a, location_id=loc["id"]))
             for p in loc.get("phones", []):
                 put("phone", _flat(p, location_id=loc["id"]))
             _attributes(loc.get("attributes", []), put)
     return {name: list(rows.values()) for name, rows in out.items() if rows}
+
+
+def _contacts(contacts: list[dict[str, Any]], put: Any) -> None:
+    for c in contacts:
+        put("contact", _flat(c))
+        for p in c.get("phones", []):
+            put("phone", _flat(p, contact_id=c["id"]))
 
 
 def _attributes(attrs: list[dict[str, Any]], put: Any) -> None:

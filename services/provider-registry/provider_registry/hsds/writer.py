@@ -132,8 +132,60 @@ def write_phones(session: Session, phones: list[dict[str, Any]], *, service_ids:
         t.one_of(session, t.phone.c.service_id, service_ids),
         t.one_of(session, t.phone.c.location_id, location_ids),
         t.one_of(session, t.phone.c.organization_id, organization_ids) & t.phone.c.service_id.is_(None)
-        & t.phone.c.location_id.is_(None))))
+        & t.phone.c.location_id.is_(None) & t.phone.c.contact_id.is_(None))))
     insert_rows(session, t.phone, list(by_id.values()))
+
+
+def kept_contacts(session: Session, hidden_location_ids: list[str]) -> list[dict[str, Any]]:
+    """The stored contacts (with their phones) of locations an import carries hidden
+    (exported confidential: no coordinates, no contacts): an import keeps them as it keeps
+    the coordinates. Read before the links are rewritten (a service-at-location's contacts
+    go with it)."""
+    if not hidden_location_ids:
+        return []
+    c, sal = t.contact.c, t.service_at_location.c
+    rows = [dict(r._mapping) for r in session.execute(select(t.contact).where(or_(
+        c.service_at_location_id.in_(select(sal.id).where(
+            t.one_of(session, sal.location_id, hidden_location_ids))),
+        c.service_at_location_id.is_(None)
+        & t.one_of(session, c.location_id, hidden_location_ids))).order_by(c.id))]
+    phones: dict[str, list[dict[str, Any]]] = {}
+    if rows:
+        for p in session.execute(select(t.phone).where(t.one_of(
+                session, t.phone.c.contact_id, [r["id"] for r in rows])).order_by(t.phone.c.id)):
+            phones.setdefault(p.contact_id, []).append(dict(p._mapping))
+    return [r | {"phones": phones.get(r["id"], [])} for r in rows]
+
+
+def write_contacts(session: Session, contacts: list[dict[str, Any]], *,
+                   service_ids: list[str], location_ids: list[str], sal_ids: list[str],
+                   organization_ids: list[str], kept: list[dict[str, Any]] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Replace the contacts whose most specific owner (service at location, location,
+    service, organization: where the export lists them) is one of these, and put back
+    ``kept`` (``kept_contacts``) unless the import carries the same contact. The phones
+    of the contacts written, for ``write_phones``."""
+    c = t.contact.c
+    kept = kept or []
+    fresh = {row["id"]: row for row in contacts}
+    sals = set(session.execute(select(t.service_at_location.c.id).where(t.one_of(
+        session, t.service_at_location.c.id,
+        [k["service_at_location_id"] for k in kept if k["service_at_location_id"]])))
+        .scalars()) if kept else set()
+    kept = [k for k in kept if k["id"] not in fresh
+            and (k["service_at_location_id"] is None or k["service_at_location_id"] in sals)]
+    no_sal, no_loc, no_svc = (c.service_at_location_id.is_(None), c.location_id.is_(None),
+                              c.service_id.is_(None))
+    session.execute(delete(t.contact).where(or_(
+        t.one_of(session, c.id, [*fresh, *(k["id"] for k in kept)]),
+        t.one_of(session, c.service_at_location_id, sal_ids),
+        no_sal & t.one_of(session, c.location_id, location_ids),
+        no_sal & no_loc & t.one_of(session, c.service_id, service_ids),
+        no_sal & no_loc & no_svc & t.one_of(session, c.organization_id, organization_ids))))
+    rows = [*fresh.values(), *kept]
+    insert_rows(session, t.contact, [{k: v for k, v in row.items() if k != "phones"}
+                                     for row in rows])
+    return [p for row in rows for p in row["phones"]]
 
 
 def write_bundles(session: Session, bundles: list[Bundle], now: datetime
@@ -145,8 +197,9 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime
     write_taxonomy(session, [], [term for b in bundles for term in b.terms])
     locations = _unique([loc for b in bundles for loc in b.locations])
     loc_ids = [loc["id"] for loc in locations]
+    kept = kept_contacts(session, [loc["id"] for loc in locations if loc.get("hidden")])
     _upsert(session, t.location, [
-        {k: v for k, v in loc.items() if k not in ("addresses", "phones")}
+        {k: v for k, v in loc.items() if k not in ("addresses", "phones", "hidden")}
         | {"created_at": now, "last_modified": now} for loc in locations], keep=("created_at",))
     session.execute(delete(t.address).where(t.one_of(session, t.address.c.location_id, loc_ids)))
     insert_rows(session, t.address, _unique([a for loc in locations for a in loc["addresses"]]))
@@ -155,13 +208,19 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime
         {"id": b.service_id, **_service_values(b.service, b.service_row["description"]),
          **{k: v for k, v in b.service_row.items() if k != "description"},
          "created_at": now, "import_digest": b.digest} for b in bundles], keep=("created_at",))
-    write_phones(session, [p for b in bundles for p in b.phones if p["service_id"]]
-                 + [p for loc in locations for p in loc["phones"]]
-                 + [p for b in bundles for p in b.phones if p["organization_id"]],
-                 service_ids=svc_ids, location_ids=loc_ids,
-                 organization_ids=[o["id"] for o in orgs if o])
     written = {loc["id"]: loc for loc in locations}
     _write_links(session, bundles, svc_ids, written)
+    org_ids = [o["id"] for o in orgs if o]
+    contact_phones = write_contacts(
+        session, _unique([c for b in bundles for c in b.contacts]), service_ids=svc_ids,
+        location_ids=[loc["id"] for loc in locations if not loc.get("hidden")],
+        sal_ids=[i for b in bundles for i in b.sal_ids.values()], organization_ids=org_ids,
+        kept=kept)
+    write_phones(session, [p for b in bundles for p in b.phones if p["service_id"]]
+                 + [p for loc in locations for p in loc["phones"]]
+                 + [p for b in bundles for p in b.phones if p["organization_id"]]
+                 + contact_phones,
+                 service_ids=svc_ids, location_ids=loc_ids, organization_ids=org_ids)
     return written
 
 
