@@ -592,3 +592,36 @@ def test_deleting_a_service_or_organization_through_the_api_takes_their_contacts
     assert reg.client.delete(f"/v1/organizations/{ORG_ID}",
                              headers=reg.auth("admin")).status_code == 204
     assert (reg.count("contact"), reg.count("phone")) == (0, 0)
+
+
+def test_reimporting_the_export_keeps_a_confidential_sites_hidden_details(
+        reg: Harness) -> None:
+    """The export hides a confidential site's coordinates, addresses and phones (even an
+    admin's); importing that export again, as a restore or a move would, must not erase what
+    the directory holds for it."""
+    from provider_registry.hsds import taxonomy
+    doc = _example()
+    loc = doc["service_at_locations"][0]["location"]
+    loc["attributes"] = [{"id": "0f4c3b0e-9d43-4a8c-9f41-0d1d8a1c2b3a", "link_id": loc["id"],
+                          "link_entity": "location",
+                          "taxonomy_term": taxonomy.CONFIDENTIAL_TERM}]
+    loc["phones"] = [{"id": "5b1e8f7a-3c2d-4e6f-8a9b-0c1d2e3f4a5b", "number": "+1 206 555 0100"}]
+    assert _post(reg, doc).json["created"] == 1
+
+    def stored() -> tuple[Any, ...]:
+        with reg.db.engine.connect() as conn:
+            site = conn.execute(select(tables.location.c.latitude, tables.location.c.longitude)
+                                .where(tables.location.c.id == loc["id"])).one()
+            addresses = conn.execute(select(tables.address.c.address_1).where(
+                tables.address.c.location_id == loc["id"])).scalars().all()
+            phones = conn.execute(select(tables.phone.c.number).where(
+                tables.phone.c.location_id == loc["id"])).scalars().all()
+        return tuple(site), sorted(addresses), sorted(phones)
+
+    before = stored()
+    assert before[0][0] is not None and before[1] and before[2], before
+    exported = reg.get("/v1/export/hsds", role="admin")
+    assert loc["addresses"][0]["address_1"] not in json.dumps(exported)
+    again = importer.import_source(reg.db, sources.from_json(exported), default_radius_km=25)
+    assert (again.updated, again.rejected) == (1, 0)
+    assert stored() == before

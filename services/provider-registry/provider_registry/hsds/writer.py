@@ -196,12 +196,17 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime
     write_organizations(session, orgs, now)  # type: ignore[arg-type]
     write_taxonomy(session, [], [term for b in bundles for term in b.terms])
     locations = _unique([loc for b in bundles for loc in b.locations])
-    loc_ids = [loc["id"] for loc in locations]
     kept = kept_contacts(session, [loc["id"] for loc in locations if loc.get("hidden")])
     _upsert(session, t.location, [
         {k: v for k, v in loc.items() if k not in ("addresses", "phones", "hidden")}
         | {"created_at": now, "last_modified": now} for loc in locations], keep=("created_at",))
-    session.execute(delete(t.address).where(t.one_of(session, t.address.c.location_id, loc_ids)))
+    # a site carried hidden (an export hides a confidential site's coordinates, addresses and
+    # phones) keeps what is stored of them unless the import brings its own
+    def replaced(kind: str) -> list[str]:
+        return [loc["id"] for loc in locations if loc[kind] or not loc.get("hidden")]
+
+    session.execute(delete(t.address).where(t.one_of(session, t.address.c.location_id,
+                                                     replaced("addresses"))))
     insert_rows(session, t.address, _unique([a for loc in locations for a in loc["addresses"]]))
     svc_ids = [b.service_id for b in bundles]
     _upsert(session, t.service, [
@@ -220,7 +225,7 @@ def write_bundles(session: Session, bundles: list[Bundle], now: datetime
                  + [p for loc in locations for p in loc["phones"]]
                  + [p for b in bundles for p in b.phones if p["organization_id"]]
                  + contact_phones,
-                 service_ids=svc_ids, location_ids=loc_ids, organization_ids=org_ids)
+                 service_ids=svc_ids, location_ids=replaced("phones"), organization_ids=org_ids)
     return written
 
 
