@@ -278,8 +278,8 @@ def main() -> None:
             cpu0, wall0 = cpu_snapshot(stack), time.monotonic()
             sent, failures, achieved = offered_run(intake, officer, rate, args.step_seconds,
                                                    clients=32)
-            cpu1, wall1 = cpu_snapshot(stack), time.monotonic()
             got, drain = wait_notified(engine, sent, timeout=60)
+            cpu1, wall1 = cpu_snapshot(stack), time.monotonic()
             lat = [(got[r] - t) * 1000 for r, t in sent.items() if r in got]
             window = max(got.values(), default=0) - min(sent.values(), default=0)
             delivered = len(got) / window if window > 0 else 0.0
@@ -288,7 +288,7 @@ def main() -> None:
             print(f"offered {rate:g}/s: achieved send {achieved:.1f}/s, delivered "
                   f"{delivered:.1f}/s, failures {failures}, drain {drain:.1f}s, "
                   f"p95 {pct(lat, 95):.0f} ms -> {'sustained' if ok else 'NOT sustained'}")
-            print_cpu(cpu0, cpu1, wall1 - wall0, len(sent))  # while referrals arrive
+            print_cpu(cpu0, cpu1, wall1 - wall0, len(sent))  # sending and draining
             print_breakdown(f"offered {rate:g}/s", hop_breakdown(dbs, sent))
             if not ok:
                 break
