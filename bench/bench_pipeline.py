@@ -5,7 +5,11 @@
   round trip through the same broker measured in the same run;
 * the highest sustainable rate: the highest offered rate at which every acknowledged referral
   is notified, delivery keeps up with arrivals (>= 95 %) and the backlog drains within 5 s;
-* peak resident memory (VmHWM) of every process (an api counts its gunicorn workers).
+* peak resident memory (VmHWM) of every process (an api counts its gunicorn workers);
+* after each run, the CPU each process used (% of a core, ms per referral, from /proc) and a
+  per-hop breakdown of the latency (p50/p95/mean of each hop: api, each relay, each
+  broker + fetch, each handler) from timestamps the databases already hold, so the hop
+  that queues shows without adding any probe to the system.
 
 Latency is measured from the client's clock just before the POST to the notification's
 `created_at` written by the notifications worker on the same machine (same clock), so the
