@@ -5,6 +5,12 @@ with the state change. The relay publishes committed rows in id order and marks 
 only after the broker acknowledged them (acks=all), so a crash between the two publishes a
 row again (consumers deduplicate by event id) but never loses one.
 
+On PostgreSQL the relay is woken by ``NOTIFY``: a statement-level trigger on the outbox
+(installed idempotently when the relay starts) notifies at the commit of any transaction
+that wrote outbox rows, whichever code wrote them, and the relay ``LISTEN``s; it still looks
+once a second on its own. Where the trigger or the listening connection is unavailable (and
+on SQLite) it polls every ``poll_interval_s``.
+
 On PostgreSQL several relays can run side by side: each claims rows with
 ``FOR UPDATE SKIP LOCKED`` and leaves alone any key whose earlier unsent rows another relay
 holds, which keeps per-aggregate order. SQLite (embedded mode) has one relay per file.
@@ -34,6 +40,8 @@ PUBLISHED = Counter("outbox_published_total", "Events published by the outbox re
 PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Failed outbox publish attempts")
 BACKLOG = Gauge("outbox_backlog", "Unsent outbox rows seen by the relay")
 BACKLOG_REFRESH_S = 1.0
+NOTIFIED_IDLE_POLL_S = 1.0  # how often a relay woken by NOTIFY still looks on its own
+LISTEN_RETRY_S = 10.0  # a relay without its LISTEN connection tries again this often
 RELAY_LAG = Histogram("outbox_relay_delay_seconds", "Commit-to-publish delay of outbox rows",
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
@@ -177,11 +185,25 @@ class OutboxRelay:
         self.outbox: Table = db.metadata.tables["outbox"]
         # Test hook: called after the broker acknowledged and before rows are marked sent.
         self.after_send: Callable[[list[int]], None] | None = None
+        self._held_back = False  # last claim skipped rows behind another relay's
+        self._waker: _Waker | None = None
 
     def run(self, stop: threading.Event) -> None:
+        try:
+            self._run(stop)
+        finally:
+            if self._waker is not None:
+                self._waker.close()
+                self._waker = None
+
+    def _run(self, stop: threading.Event) -> None:
         failures = 0
-        next_gauge = 0.0
+        next_gauge = next_listen = 0.0
+        listens = self.db.engine.dialect.name == "postgresql"
         while not stop.is_set():
+            if listens and self._waker is None and time.monotonic() >= next_listen:
+                self._waker = _Waker.start(self.db, self.outbox.name)
+                next_listen = time.monotonic() + LISTEN_RETRY_S
             if time.monotonic() >= next_gauge:  # the whole backlog, not only this batch
                 self.refresh_backlog()
                 next_gauge = time.monotonic() + BACKLOG_REFRESH_S
@@ -195,7 +217,11 @@ class OutboxRelay:
                 stop.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
             if sent == 0:
-                stop.wait(self.poll_interval_s)
+                if self._waker is not None and not self._held_back:
+                    if not self._waker.wait(NOTIFIED_IDLE_POLL_S, stop):
+                        self._waker = None  # connection lost: poll until listening again
+                else:  # rows other relays hold back are released without a NOTIFY
+                    stop.wait(self.poll_interval_s)
 
     def refresh_backlog(self) -> None:
         try:
@@ -232,6 +258,7 @@ class OutboxRelay:
         if session.get_bind().dialect.name != "postgresql":
             return list(session.execute(query))
         rows = list(session.execute(query.with_for_update(skip_locked=True)))
+        self._held_back = False
         if not rows:
             return rows
         # Keep per-key order: skip keys whose older unsent rows are claimed by another relay.
@@ -242,7 +269,9 @@ class OutboxRelay:
             select(o.c.key, func.min(o.c.id)).where(o.c.sent_at.is_(None),
                                                     o.c.key.in_(list(first_mine)))
             .group_by(o.c.key)).all())
-        return [r for r in rows if oldest.get(r.key, r.id) >= first_mine[r.key]]
+        mine = [r for r in rows if oldest.get(r.key, r.id) >= first_mine[r.key]]
+        self._held_back = len(mine) < len(rows)
+        return mine
 
     def _publish(self, rows: list[Any]) -> list[int]:
         futures = []
@@ -269,6 +298,77 @@ class OutboxRelay:
             PUBLISH_ERRORS.inc()
             log.warning("outbox publish incomplete", extra=logs.log_fields(failed_keys=len(broken)))
         return done
+
+
+class _Waker:
+    """A dedicated autocommit connection that LISTENs for the outbox trigger's NOTIFY."""
+
+    CHANNEL = "outbox_rows"
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+
+    @classmethod
+    def start(cls, db: Database, table: str) -> _Waker | None:
+        """Install the trigger (idempotent) and LISTEN; None where that cannot be done."""
+        if db.engine.dialect.name != "postgresql":
+            return None
+        try:
+            install_notify_trigger(db, table)
+            raw = db.engine.raw_connection()
+        except Exception:  # e.g. no right to create triggers: polling still works
+            log.warning("outbox NOTIFY unavailable; the relay polls", exc_info=True)
+            return None
+        conn = raw.driver_connection  # the engine's connect arguments, out of its pool
+        raw.detach()
+        try:
+            conn.autocommit = True
+            conn.execute(f'LISTEN "{cls.CHANNEL}"')
+        except Exception:
+            log.warning("outbox LISTEN failed; the relay polls", exc_info=True)
+            conn.close()
+            return None
+        return cls(conn)
+
+    def wait(self, timeout_s: float, stop: threading.Event) -> bool:
+        """Return after a NOTIFY (pending ones drained), ``timeout_s`` or a stop (within
+        0.25 s); False if the connection failed (the caller polls instead)."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                if any(True for _ in self.conn.notifies(timeout=min(left, 0.25), stop_after=1)):
+                    for _ in self.conn.notifies(timeout=0.0):  # one round serves them all
+                        pass
+                    return True
+            return True
+        except Exception:
+            log.warning("outbox LISTEN connection lost; the relay polls", exc_info=True)
+            self.close()
+            return False
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            log.debug("closing the LISTEN connection failed", exc_info=True)
+
+
+def install_notify_trigger(db: Database, table: str) -> None:
+    """The statement-level trigger that NOTIFYs the relays when outbox rows commit (one
+    notification per transaction: PostgreSQL folds identical ones). Idempotent; an advisory
+    lock keeps relays that start together from replacing it at the same time."""
+    function = f"{table}_notify_relay"
+    with db.engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:f))"), {"f": function})
+        conn.execute(text(
+            f'CREATE OR REPLACE FUNCTION "{function}"() RETURNS trigger LANGUAGE plpgsql AS '
+            f"$$ BEGIN PERFORM pg_notify('{_Waker.CHANNEL}', ''); RETURN NULL; END $$"))
+        conn.execute(text(
+            f'CREATE OR REPLACE TRIGGER "{function}" AFTER INSERT ON "{table}" '
+            f'FOR EACH STATEMENT EXECUTE FUNCTION "{function}"()'))
 
 
 def backlog(db: Database) -> int:

@@ -98,6 +98,27 @@ def test_two_relays_side_by_side_publish_each_row_once_in_key_order(db: Database
     assert sorted(mine) == [e.sequence for e in envs]
 
 
+def test_idle_relay_is_woken_by_the_commit_not_by_its_poll(db: Database, infra: Infrastructure,
+                                                          monkeypatch: Any) -> None:
+    """The outbox trigger's NOTIFY wakes a waiting relay at the writer's commit: with both
+    of its own polls a minute long, the row is still published within seconds."""
+    monkeypatch.setattr(outbox, "NOTIFIED_IDLE_POLL_S", 60.0)
+    relay = OutboxRelay(db, kafkakit.make_producer(infra.kafka), poll_interval_s=60.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: relay._waker is not None, timeout=10, message="relay listening")
+        stop.wait(0.5)  # its first round found nothing: it waits now
+        with db.transaction() as s:
+            env = _emit(s, str(uuid.uuid4()))
+        wait_for(lambda: outbox.backlog(db) == 0, timeout=5, message="row published")
+    finally:
+        stop.set()
+        thread.join()
+    assert _published_ids(infra, {env.id}) == [env.id]
+
+
 def _runner(db: Database, settings: Settings, group: str, seen: list[str],
             fail_on: str | None = None) -> ConsumerRunner:
     def handler(session: Session, env: events.Envelope) -> None:
