@@ -9,9 +9,23 @@ from servicekit.runtime import ConsumerSpec
 from . import handlers
 
 
+class Proposed:
+    """``routing.proposed``: a lone event through ``__call__``, a run of a consumer batch
+    through ``handle_many`` (a handful of statements per run instead of about seven per
+    event); both leave what handling each event in turn would."""
+
+    def __init__(self, ctx: handlers.Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, session: Session, env: events.Envelope) -> None:
+        handlers.on_routing_proposed(session, self.ctx, env)
+
+    def handle_many(self, session: Session, envs: list[events.Envelope]) -> None:
+        handlers.on_routing_proposed_many(session, self.ctx, envs)
+
+
 def consumer_specs(ctx: handlers.Context) -> list[ConsumerSpec]:
-    def proposed(session: Session, env: events.Envelope) -> None:
-        handlers.on_routing_proposed(session, ctx, env)
+    proposed = Proposed(ctx)
 
     def exhausted(session: Session, env: events.Envelope) -> None:
         handlers.on_routing_exhausted(session, ctx, env)

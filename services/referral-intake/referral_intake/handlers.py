@@ -6,13 +6,27 @@ and one ``referral.status_changed`` event per change, all in the caller's transa
 """
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import String, bindparam, insert, literal_column, select, update
+from sqlalchemy import (
+    String,
+    bindparam,
+    cast,
+    column,
+    insert,
+    literal_column,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy import values as sa_values
 from sqlalchemy.orm import Session
 
 from servicekit import crypto, events, geo, logs, outbox
@@ -267,36 +281,72 @@ def _offer_data(o: domain.Offer) -> dict[str, Any]:
             "expires_at": o.expires_at, "status": o.status, "attempt": o.attempt}
 
 
-def apply(session: Session, ctx: Context, ref: Any, cmd: domain.Command, *, now: datetime,
-          proposal_id: str | None = None, note_ct: str | None = None
-          ) -> tuple[domain.Referral, list[domain.Change]]:
-    """Decide ``cmd`` for the locked referral row ``ref`` and persist the outcome."""
-    before = domain_state(session, ref)
+@dataclass
+class Outcome:
+    """A decision and what persisting it writes, before anything is written: the rows
+    and updates for ``offers``, the referral's new values, and per change its timeline
+    row and its ``referral.status_changed`` data (in order)."""
+
+    after: domain.Referral
+    changes: list[domain.Change]
+    new_offers: list[dict[str, Any]]
+    offer_updates: list[tuple[str, dict[str, Any]]]
+    referral_values: dict[str, Any] | None
+    records: list[tuple[dict[str, Any], dict[str, Any]]]
+
+
+def decide(ctx: Context, ref: Any, before: domain.Referral, cmd: domain.Command, *,
+           consent: Callable[[], dict[str, Any]], now: datetime,
+           proposal_id: str | None = None, note_ct: str | None = None) -> Outcome:
+    """Decide ``cmd`` for the referral row ``ref`` in state ``before``; ``consent()`` gives
+    its current consent (asked only when something changes). Writes nothing: ``apply``
+    persists one outcome, ``on_routing_proposed_many`` a batch's."""
     after, changes = domain.decide(before, cmd)
     old = {o.id: o for o in before.offers}
-    writes: list[Any] = []  # independent rows and updates: one round trip (db.write_all)
+    new_offers: list[dict[str, Any]] = []
+    offer_updates: list[tuple[str, dict[str, Any]]] = []
     for o in after.offers:
         if o.id not in old:
-            writes.append(offers.insert().values(
+            new_offers.append(dict(  # noqa: C408 - keyword form reads like the table
                 id=o.id, referral_id=ref.id, service_id=o.service_id,
                 organization_id=o.organization_id, attempt=o.attempt,
                 proposal_id=proposal_id or o.id, status=o.status, expires_at=o.expires_at,
                 created_at=now))
         elif old[o.id].status != o.status:
-            writes.append(update(offers).where(offers.c.id == o.id).values(
-                status=o.status, reason_code=o.reason_code, answered_at=now))
-    if after.status != before.status:
+            offer_updates.append((o.id, {"status": o.status, "reason_code": o.reason_code,
+                                         "answered_at": now}))
+    values = _milestones(ctx, ref, after.status, changes, now) \
+        if after.status != before.status else None
+    found = consent() if changes else None
+    records = [_record(ref, change, found, now=now, proposal_id=proposal_id, note_ct=note_ct)
+               for change in changes]
+    return Outcome(after, changes, new_offers, offer_updates, values, records)
+
+
+def apply(session: Session, ctx: Context, ref: Any, cmd: domain.Command, *, now: datetime,
+          proposal_id: str | None = None, note_ct: str | None = None
+          ) -> tuple[domain.Referral, list[domain.Change]]:
+    """Decide ``cmd`` for the locked referral row ``ref`` and persist the outcome."""
+    out = decide(ctx, ref, domain_state(session, ref), cmd,
+                 consent=lambda: current_consent(session, ref.id), now=now,
+                 proposal_id=proposal_id, note_ct=note_ct)
+    writes: list[Any] = []  # independent rows and updates: one round trip (db.write_all)
+    writes += [offers.insert().values(**row) for row in out.new_offers]
+    writes += [update(offers).where(offers.c.id == oid).values(**values)
+               for oid, values in out.offer_updates]
+    if out.referral_values is not None:
         writes.append(update(referrals).where(referrals.c.id == ref.id)
-                      .values(**_milestones(ctx, ref, after.status, changes, now)))
-    consent = current_consent(session, ref.id) if changes else None
-    rows = [_record(session, ref, change, consent, now=now, proposal_id=proposal_id,
-                    note_ct=note_ct) for change in changes]
+                      .values(**out.referral_values))
+    rows = [row for row, _data in out.records]
+    for _row, data in out.records:
+        outbox.emit(session, events.REFERRAL_STATUS_CHANGED, subject=ref.id, source=SOURCE,
+                    data=data)
     if len(rows) == 1:
         writes.append(timeline.insert().values(**rows[0]))
     write_all(session, writes)
     if len(rows) > 1:  # in order, so timeline ids follow the changes (executemany, cached)
         session.execute(timeline.insert(), rows)
-    return after, changes
+    return out.after, out.changes
 
 
 def _milestones(ctx: Context, ref: Any, status: str, changes: list[domain.Change],
@@ -315,24 +365,24 @@ def _milestones(ctx: Context, ref: Any, status: str, changes: list[domain.Change
     return values
 
 
-def _record(session: Session, ref: Any, change: domain.Change, consent: Any, *,
-            now: datetime, proposal_id: str | None, note_ct: str | None) -> Any:
-    """Emit the change's event; return its timeline row for the caller to insert."""
+def _record(ref: Any, change: domain.Change, consent: Any, *, now: datetime,
+            proposal_id: str | None, note_ct: str | None
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The change's timeline row and its ``referral.status_changed`` data."""
     offer = _offer_data(change.offer) if change.offer else None
     row = dict(  # noqa: C408 - keyword form reads like the table
         referral_id=ref.id, from_status=change.from_status, to_status=change.to_status,
         reason_code=change.reason_code, outcome_code=change.outcome_code,
         actor_role=change.actor_role, offer_id=offer["offer_id"] if offer else None,
         occurred_at=now, note_ct=note_ct)
-    outbox.emit(session, events.REFERRAL_STATUS_CHANGED, subject=ref.id, source=SOURCE, data={
+    return row, {
         "referral_id": ref.id, "short_id": ref.short_id, "need": ref.need,
         "urgency": ref.urgency, "agency_id": ref.agency_id, "officer_ref": ref.officer_ref,
         "from_status": change.from_status, "to_status": change.to_status, "offer": offer,
         "reason_code": change.reason_code, "outcome_code": change.outcome_code,
         "actor_role": change.actor_role, "referrer_updates": consent["referrer_updates"],
         "proposal_id": proposal_id, "occurred_at": now,
-    })
-    return row
+    }
 
 
 # ---- events from matching and the registry -------------------------------------------------
@@ -344,16 +394,156 @@ def _proposed_ref(session: Session, referral_id: str) -> Any:
     return ref
 
 
+def _proposal(ctx: Context, ref: Any, d: dict[str, Any], now: datetime) -> domain.Propose:
+    return domain.Propose(
+        offer_id=str(uuid.uuid4()), service_id=d["service_id"],
+        organization_id=d["organization_id"], attempt=d["attempt"],
+        expires_at=ctx.ttl.expires_at(ref.urgency, now))
+
+
 def on_routing_proposed(session: Session, ctx: Context, env: events.Envelope) -> None:
     """Answer a proposal exactly once: make the offer, or void the proposal."""
     d = env.data
     ref = _proposed_ref(session, d["referral_id"])
     now = _now()
     remember_service(session, d["service_id"], d["organization_id"], now)
-    apply(session, ctx, ref, domain.Propose(
-        offer_id=str(uuid.uuid4()), service_id=d["service_id"],
-        organization_id=d["organization_id"], attempt=d["attempt"],
-        expires_at=ctx.ttl.expires_at(ref.urgency, now)), now=now, proposal_id=env.id)
+    apply(session, ctx, ref, _proposal(ctx, ref, d, now), now=now, proposal_id=env.id)
+
+
+def on_routing_proposed_many(session: Session, ctx: Context,
+                             envs: list[events.Envelope]) -> None:
+    """``on_routing_proposed`` for each of ``envs`` in turn (a run of a consumer batch), in
+    four statements on PostgreSQL whatever the number of events: lock the referrals (in id
+    order, as any other batch would: no deadlock), read their offers and current consent,
+    take the events' sequence numbers, and write services, offers, referrals, timeline and
+    outbox rows together. Each event is decided in order against the state the ones before
+    it left (two proposals for one referral: the second is voided, as alone). Events get
+    the correlation and causation each would get alone. An unknown referral raises
+    ``PermanentError`` before anything is written: the runner then rolls the batch back and
+    handles its events one at a time, which dead-letters that one event."""
+    if session.get_bind().dialect.name != "postgresql" or len(envs) == 1:
+        for env in envs:
+            with logs.correlation(env.correlation_id, env.id):
+                on_routing_proposed(session, ctx, env)
+        return
+    ids = sorted({env.data["referral_id"] for env in envs})
+    refs = {r.id: SimpleNamespace(**r._mapping) for r in session.execute(
+        select(referrals).where(referrals.c.id.in_(ids)).order_by(referrals.c.id)
+        .with_for_update())}
+    if len(refs) != len(ids):
+        raise PermanentError("proposal for an unknown referral")
+    states, consent = _states(session, refs)
+    remembered: dict[str, tuple[str, datetime]] = {}
+    new_offers: dict[str, dict[str, Any]] = {}
+    offer_updates: dict[str, dict[str, Any]] = {}
+    referral_values: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    emitted: list[tuple[events.Envelope, dict[str, Any]]] = []
+    for env in envs:
+        d = env.data
+        ref, now = refs[d["referral_id"]], _now()
+        if remembered.get(d["service_id"], ("",))[0] != d["organization_id"]:
+            remembered[d["service_id"]] = (d["organization_id"], now)
+
+        def found(rid: str = ref.id) -> dict[str, Any]:
+            if rid not in consent:
+                raise NotFound(rid)
+            return consent[rid]
+
+        out = decide(ctx, ref, states[ref.id], _proposal(ctx, ref, d, now), consent=found,
+                     now=now, proposal_id=env.id)
+        states[ref.id] = out.after
+        new_offers.update((row["id"], row) for row in out.new_offers)
+        for oid, values in out.offer_updates:
+            (new_offers.get(oid) or offer_updates.setdefault(oid, {})).update(values)
+        if out.referral_values is not None:
+            referral_values.setdefault(ref.id, {}).update(out.referral_values)
+            for key, value in out.referral_values.items():
+                setattr(ref, key, value)
+        for row, data in out.records:
+            rows.append(row)
+            emitted.append((env, data))
+    writes = [_remember_all(session, remembered)]
+    if new_offers:
+        writes.append(offers.insert().values(list(new_offers.values())))
+    writes += [update(offers).where(offers.c.id == oid).values(**values)
+               for oid, values in offer_updates.items()]
+    writes += _update_each(referrals, referral_values)
+    if rows:
+        writes.append(timeline.insert().values(rows))  # in order: ids follow the changes
+        writes.append(_outbox_insert(session, emitted))
+    write_all(session, writes)
+
+
+def _states(session: Session, refs: dict[str, Any]
+            ) -> tuple[dict[str, domain.Referral], dict[str, dict[str, Any]]]:
+    """``domain_state`` and ``current_consent`` of the (locked) referrals, in one statement
+    read after the lock, as each would be read alone."""
+    latest = select(consents).where(consents.c.referral_id == referrals.c.id) \
+        .order_by(consents.c.id.desc()).limit(1).lateral("c")
+    found = session.execute(
+        select(referrals.c.id.label("rid"), offers, *[
+            c.label(f"c_{c.name}") for c in latest.c])
+        .select_from(referrals.outerjoin(latest, true())
+                     .outerjoin(offers, offers.c.referral_id == referrals.c.id))
+        .where(referrals.c.id.in_(list(refs)))
+        .order_by(referrals.c.id, offers.c.created_at, offers.c.id)).all()
+    held: dict[str, list[domain.Offer]] = {rid: [] for rid in refs}
+    consent: dict[str, dict[str, Any]] = {}
+    for r in found:
+        if r.id is not None:
+            held[r.rid].append(domain.Offer(r.id, r.service_id, r.organization_id, r.attempt,
+                                            r.status, r.expires_at, r.reason_code))
+        if r.c_id is not None:
+            consent[r.rid] = {c.name: getattr(r, f"c_{c.name}") for c in latest.c}
+    return ({rid: domain.Referral(refs[rid].status, tuple(held[rid])) for rid in refs},
+            consent)
+
+
+def _update_each(table: Any, changed: dict[str, dict[str, Any]]) -> list[Any]:
+    """UPDATEs setting each row's values (by id): one per set of columns changed."""
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for rid, values in changed.items():
+        keys = tuple(sorted(values))
+        groups.setdefault(keys, []).append((rid, *(values[k] for k in keys)))
+    statements = []
+    for keys, data in groups.items():
+        given = sa_values(column("id", table.c.id.type),
+                          *(column(k, table.c[k].type) for k in keys), name="v").data(data)
+        statements.append(update(table).where(table.c.id == given.c.id).values(
+            {k: cast(given.c[k], table.c[k].type) for k in keys}))
+    return statements
+
+
+def _outbox_insert(session: Session, emitted: list[tuple[events.Envelope, dict[str, Any]]]
+                   ) -> Any:
+    """The outbox rows of the batch's ``referral.status_changed`` events, in order; each
+    event's sequence is taken here (one statement for all: ``last_sequence`` moves by the
+    number of the referral's events), its correlation and causation those of the event
+    that caused it, as ``outbox.emit`` under the runner's ``logs.correlation`` gives."""
+    kit = metadata.tables
+    counts: dict[str, int] = {}
+    for _env, data in emitted:
+        counts[data["referral_id"]] = counts.get(data["referral_id"], 0) + 1
+    taken = dict(session.execute(_TAKE_SEQUENCES, {"counts": json.dumps(counts)}).all())
+    nxt = {rid: int(taken[rid]) - n + 1 for rid, n in counts.items()}
+    now, rows = _now(), []
+    for env, data in emitted:
+        rid = data["referral_id"]
+        event = events.new_event(
+            events.REFERRAL_STATUS_CHANGED, subject=rid, sequence=nxt[rid], source=SOURCE,
+            correlation_id=env.correlation_id, causation_id=env.id, data=data)
+        nxt[rid] += 1
+        rows.append({**outbox.row_for(event), "created_at": now})
+    return kit["outbox"].insert().values(rows)
+
+
+_TAKE_SEQUENCES = text(
+    "INSERT INTO event_sequence (subject, last_sequence) "
+    "SELECT key, CAST(value AS integer) FROM json_each_text(CAST(:counts AS json)) "
+    "ON CONFLICT (subject) DO UPDATE "
+    "SET last_sequence = event_sequence.last_sequence + excluded.last_sequence "
+    "RETURNING subject, last_sequence")
 
 
 def on_routing_exhausted(session: Session, ctx: Context, env: events.Envelope) -> None:
@@ -367,7 +557,21 @@ def remember_service(session: Session, service_id: str, org_id: str, now: dateti
     stmt = upsert(session, services).values(**values)
     session.execute(stmt.on_conflict_do_update(
         index_elements=[services.c.id],
-        set_={k: stmt.excluded[k] for k in values if k != "id"}))
+        set_={k: stmt.excluded[k] for k in values if k != "id"},
+        where=None if names else services.c.organization_id != stmt.excluded.organization_id))
+
+
+def _remember_all(session: Session, remembered: dict[str, tuple[str, datetime]]) -> Any:
+    """``remember_service`` (without names) of each service in one upsert, which, like it,
+    rewrites a stored row only when its organization changed."""
+    stmt = upsert(session, services).values([
+        {"id": sid, "organization_id": org, "updated_at": now}
+        for sid, (org, now) in remembered.items()])
+    return stmt.on_conflict_do_update(
+        index_elements=[services.c.id],
+        set_={"organization_id": stmt.excluded.organization_id,
+              "updated_at": stmt.excluded.updated_at},
+        where=services.c.organization_id != stmt.excluded.organization_id)
 
 
 def on_service_upserted(session: Session, ctx: Context, env: events.Envelope) -> None:
