@@ -15,10 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     String,
     bindparam,
     cast,
-    column,
+    func,
     insert,
     literal_column,
     select,
@@ -26,7 +27,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy import values as sa_values
+from sqlalchemy.dialects.postgresql import insert as upsert_pg
 from sqlalchemy.orm import Session
 
 from servicekit import crypto, events, geo, logs, outbox
@@ -463,16 +464,43 @@ def on_routing_proposed_many(session: Session, ctx: Context,
         for row, data in out.records:
             rows.append(row)
             emitted.append((env, data))
-    writes = [_remember_all(session, remembered)]
+    writes = [_remember_all(remembered)]
     if new_offers:
-        writes.append(offers.insert().values(list(new_offers.values())))
+        writes.append(_insert_json(offers, "j_offers", list(new_offers.values())))
     writes += [update(offers).where(offers.c.id == oid).values(**values)
                for oid, values in offer_updates.items()]
     writes += _update_each(referrals, referral_values)
     if rows:
-        writes.append(timeline.insert().values(rows))  # in order: ids follow the changes
+        writes.append(_insert_json(timeline, "j_timeline", rows))  # in order: ids follow
         writes.append(_outbox_insert(session, emitted))
     write_all(session, writes)
+
+
+def _json_rows(table: Any, name: str, rows: list[dict[str, Any]]) -> Any:
+    """``rows`` of ``table`` as a set of typed rows from ONE JSON parameter (PostgreSQL's
+    ``json_populate_recordset`` with the table's row type), numbered in order: a batch's
+    statement then has the same SQL whatever its size (compiled once, cached) instead of
+    a bound parameter per value."""
+    return func.json_populate_recordset(
+        literal_column(f'NULL::"{table.name}"'),
+        cast(bindparam(name, json.dumps(rows, default=_json_value)), JSON),
+    ).table_valued(*rows[0], with_ordinality="ordinality").alias(f"{name}_rows")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's text form
+    raise TypeError(type(value).__name__)
+
+
+def _insert_json(table: Any, name: str, rows: list[dict[str, Any]]) -> Any:
+    """INSERT of ``rows`` (same keys each) in their order (serial ids follow it)."""
+    given = _json_rows(table, name, rows)
+    keys = list(rows[0])
+    return insert(table).from_select(
+        keys, select(*(given.c[k] for k in keys)).order_by(given.c.ordinality))
 
 
 def _states(session: Session, refs: dict[str, Any]
@@ -502,16 +530,14 @@ def _states(session: Session, refs: dict[str, Any]
 
 def _update_each(table: Any, changed: dict[str, dict[str, Any]]) -> list[Any]:
     """UPDATEs setting each row's values (by id): one per set of columns changed."""
-    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for rid, values in changed.items():
-        keys = tuple(sorted(values))
-        groups.setdefault(keys, []).append((rid, *(values[k] for k in keys)))
+        groups.setdefault(tuple(sorted(values)), []).append({"id": rid, **values})
     statements = []
-    for keys, data in groups.items():
-        given = sa_values(column("id", table.c.id.type),
-                          *(column(k, table.c[k].type) for k in keys), name="v").data(data)
+    for keys, rows in groups.items():
+        given = _json_rows(table, f"j_{table.name}_{'_'.join(keys)}", rows)
         statements.append(update(table).where(table.c.id == given.c.id).values(
-            {k: cast(given.c[k], table.c[k].type) for k in keys}))
+            {k: given.c[k] for k in keys}))
     return statements
 
 
@@ -535,7 +561,7 @@ def _outbox_insert(session: Session, emitted: list[tuple[events.Envelope, dict[s
             correlation_id=env.correlation_id, causation_id=env.id, data=data)
         nxt[rid] += 1
         rows.append({**outbox.row_for(event), "created_at": now})
-    return kit["outbox"].insert().values(rows)
+    return _insert_json(kit["outbox"], "j_outbox", rows)
 
 
 _TAKE_SEQUENCES = text(
@@ -561,12 +587,15 @@ def remember_service(session: Session, service_id: str, org_id: str, now: dateti
         where=None if names else services.c.organization_id != stmt.excluded.organization_id))
 
 
-def _remember_all(session: Session, remembered: dict[str, tuple[str, datetime]]) -> Any:
+def _remember_all(remembered: dict[str, tuple[str, datetime]]) -> Any:
     """``remember_service`` (without names) of each service in one upsert, which, like it,
     rewrites a stored row only when its organization changed."""
-    stmt = upsert(session, services).values([
+    given = _json_rows(services, "j_services", [
         {"id": sid, "organization_id": org, "updated_at": now}
         for sid, (org, now) in remembered.items()])
+    stmt = upsert_pg(services).from_select(
+        ["id", "organization_id", "updated_at"],
+        select(given.c.id, given.c.organization_id, given.c.updated_at))
     return stmt.on_conflict_do_update(
         index_elements=[services.c.id],
         set_={"organization_id": stmt.excluded.organization_id,
