@@ -79,9 +79,13 @@ def emit(session: Session, event_type: str, *, subject: str, data: dict[str, Any
 
 
 def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str, Any]]], *,
-              source: str, validate_each: bool = True) -> list[events.Envelope]:
+              source: str, validate_each: bool = True,
+              causes: list[tuple[str | None, str | None]] | None = None
+              ) -> list[events.Envelope]:
     """``emit`` for many aggregates at once (bulk imports): two statements in all instead of
     two per event. Subjects must be distinct (one event per aggregate per call).
+    ``causes``: each event's (correlation id, causation id), when the events of one call
+    have different causes (a consumer batch); by default those of ``logs.correlation``.
 
     ``validate_each=False`` (data built by one trusted builder, e.g. a routing snapshot from
     checked domain objects): the first event is validated in full and the others are only
@@ -94,6 +98,8 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
     if not items:
         return []
     subjects = [subject for subject, _ in items]
+    if causes is not None and len(causes) != len(items):
+        raise ValueError("emit_many takes one (correlation, causation) per event")
     if len(set(subjects)) != len(items):
         raise ValueError("emit_many takes one event per subject")
     postgresql = session.get_bind().dialect.name == "postgresql"
@@ -101,8 +107,9 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
         session, subjects)
     envs: list[events.Envelope] = []
     trusted = False
-    correlation_id, causation_id = logs.correlation_id.get(), logs.causation_id.get()
-    for subject, data in items:
+    if causes is None:  # all caused by what the caller's ``logs.correlation`` names
+        causes = [(logs.correlation_id.get(), logs.causation_id.get())] * len(items)
+    for (subject, data), (correlation_id, causation_id) in zip(items, causes, strict=True):
         env = events.new_event(event_type, subject=subject, sequence=sequences[subject],
                                data=data, source=source, correlation_id=correlation_id,
                                causation_id=causation_id, trusted=trusted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -113,6 +113,10 @@ class Recorded:
     attempt: int
     decision: domain.Decision
     now: datetime
+    # what ``record`` would give the event: the ``logs.correlation`` the decision was made
+    # under (the runner's, of the event that caused it)
+    correlation_id: str | None = field(default_factory=logs.correlation_id.get)
+    causation_id: str | None = field(default_factory=logs.causation_id.get)
 
 
 def _event_data(r: Recorded) -> tuple[str, dict[str, Any], list[dict[str, str]]]:
@@ -181,14 +185,15 @@ def record_many(session: Session, made: list[Recorded]) -> None:
         built = [_event_data(r) for r in mine]
         envs = outbox.emit_many(session, built[0][0], [(r.referral_id, data) for r, (
             _type, data, _reasons) in zip(mine, built, strict=True)], source=SOURCE,
-            validate_each=False)
+            validate_each=False, causes=[(r.correlation_id, r.causation_id) for r in mine])
         params = [_row_params(r, reasons, env.id) for r, (_t, _d, reasons), env
                   in zip(mine, built, envs, strict=True)]
         insert, follow = _record_statements("sqlite" if sqlite else "many", proposed)
         conn.execute(insert, params)
         conn.execute(follow, params)
     for r in made:
-        _logged(r)
+        with logs.correlation(r.correlation_id, r.causation_id):
+            _logged(r)
 
 
 @lru_cache(maxsize=8)

@@ -105,18 +105,22 @@ def on_referrals_submitted(session: Session, envs: list[events.Envelope],
                            policy: Policy = DEFAULT_POLICY) -> None:
     """``on_referral_submitted`` for each of ``envs`` in turn, with the writes of the run
     shared: the referrals stored in one statement, each decided (and its place reserved)
-    in order, then every decision recorded together (``decide.record_many``)."""
+    in order, then every decision recorded together (``decide.record_many``), each event
+    with the correlation and causation the runner gives its submission alone."""
     rows = [_referral_row(env.data, _now()) for env in envs]
     stored = tables.insert_referrals(session, rows)
     made: list[Recorded] = []
-    for row in rows:
+    for env, row in zip(envs, rows, strict=True):
         rid = row["referral_id"]
-        if rid not in stored:
-            log.info("referral already known", extra=logs.log_fields(referral_id=rid))
-            continue
-        stored.discard(rid)  # a second submission of it in this run: known by then
-        route(session, rid, row["updated_at"], policy,
-              inserted=SimpleNamespace(**row, offered_at=None), deferred=made)
+        # as the runner wraps each event alone: logs, and the decision's event, name the
+        # submission's correlation and the submission as cause
+        with logs.correlation(env.correlation_id, env.id):
+            if rid not in stored:
+                log.info("referral already known", extra=logs.log_fields(referral_id=rid))
+                continue
+            stored.discard(rid)  # a second submission of it in this run: known by then
+            route(session, rid, row["updated_at"], policy,
+                  inserted=SimpleNamespace(**row, offered_at=None), deferred=made)
     record_many(session, made)
 
 
