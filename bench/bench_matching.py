@@ -471,10 +471,41 @@ def _relayed_one(db: Database, key: str) -> bool:
             outbox.c.key == key, outbox.c.sent_at.is_not(None))).first() is not None
 
 
+def batches_only(url: str, repeats: int, profile: str | None) -> None:
+    """``BENCH_MATCHING_BATCHES=k``: only the committed-in-consumer-batches unit over 10,000
+    services, ``k`` passes of 800 referrals (medians are what to compare on a shared
+    machine); ``BENCH_MATCHING_PROFILE=file``: cProfile of the last pass written there."""
+    import cProfile
+    db = Database(url, tables.metadata)
+    try:
+        bulk_load(db, 10_000, seed=10_000)
+        rng, memory = random.Random(7), DirectoryIndex()
+        with db.transaction() as session:
+            memory.lookup(session, events.NEEDS[0], referral(rng, 0).geohash)  # loads it
+        policy = Policy(index=memory)
+        bench_consumer_batches(db, 10_000, 200, rng, policy, "-", 0, 1.0)  # warm-up
+        for k in range(repeats):
+            prof = cProfile.Profile() if profile and k == repeats - 1 else None
+            if prof is not None:
+                prof.enable()
+            bench_consumer_batches(db, 10_000, 800, rng, policy, ">= 2,000/s", 2000, 1.0)
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(profile)
+    finally:
+        db.dispose()
+
+
 def main() -> int:
     var = Path(tempfile.mkdtemp(prefix="bench-matching-"))
     infra = start_infrastructure(var)
     try:
+        if os.environ.get("BENCH_MATCHING_BATCHES"):
+            url = infra.new_database("bench-matching")
+            run_migrations(url, bootstrap.MIGRATIONS)
+            batches_only(url, int(os.environ["BENCH_MATCHING_BATCHES"]),
+                         os.environ.get("BENCH_MATCHING_PROFILE"))
+            return 0
         for n, reps, scan_reps in ((10_000, 800, 20), (100_000, 400, 5)):
             url = infra.new_database("bench-matching")
             run_migrations(url, bootstrap.MIGRATIONS)
