@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -44,8 +44,8 @@ DEFAULT_POLICY = Policy()
 
 def route(session: Session, referral_id: str, now: datetime, policy: Policy = DEFAULT_POLICY,
           *, only_if_placeable: bool = False, retry: bool = False,
-          inserted: Any = None, deferred: list[Recorded] | None = None
-          ) -> domain.Decision | None:
+          inserted: Any = None, deferred: list[Recorded] | None = None,
+          held: Held | None = None) -> domain.Decision | None:
     """Decide for a routable referral, reserve the chosen place, record and emit it.
 
     ``only_if_placeable``: record nothing when nobody fits (a retry of an unmatched
@@ -53,7 +53,9 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
     when another transaction holds it (that one is deciding already). ``inserted``: the
     ``referral_view`` row this transaction has just inserted (so it holds its lock and
     knows it: not read again). ``deferred``: append what to record there instead of
-    recording it now (``record_many`` writes a run's decisions together).
+    recording it now (``record_many`` writes a run's decisions together). ``held``: places
+    this transaction takes later (``Held.reserve``): counted in the candidates' load, and
+    the chosen place added to them instead of reserved now.
     """
     ref = inserted if inserted is not None else tables.referral(
         session, referral_id, lock=True, skip_locked=retry)
@@ -73,7 +75,13 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
         referral = tables.to_referral(ref, tables.tried_services(session, referral_id))
         candidates, pre = directory.candidates_for(session, ref.need, ref.geohash,
                                                    policy.cache, (ref.lat, ref.lon))
-    decision = decide_and_reserve(session, referral, candidates, pre, now, policy.weights)
+    if held is not None:
+        candidates = held.counted(candidates)
+        decision = domain.evaluate(referral, candidates, now, policy.weights, pre)
+        if decision.best is not None:
+            held.add(decision.best.candidate, now)
+    else:
+        decision = decide_and_reserve(session, referral, candidates, pre, now, policy.weights)
     if only_if_placeable and decision.best is None:
         return None
     if deferred is not None:
@@ -103,6 +111,42 @@ def decide_and_reserve(session: Session, referral: domain.Referral,
         log.info("candidate filled concurrently", extra=logs.log_fields(
             referral_id=referral.referral_id, service_id=chosen.service_id))
         pool = [domain.as_full(c) if c.service_id == chosen.service_id else c for c in pool]
+
+
+class HeldPlaceTaken(Exception):
+    """A place a run of decisions counted on was taken by another transaction meanwhile:
+    the run is rolled back (the consumer runner then decides its events one at a time,
+    each re-evaluating as ``decide_and_reserve`` does)."""
+
+
+class Held:
+    """Places chosen by a run of decisions in one transaction, reserved together at its end
+    (``reserve``) with the same guard as ``tables.reserve``: each service's load plus the
+    places taken stays within its capacity. Until then each later decision of the run sees
+    them in its candidates' load, as it would see reservations already made."""
+
+    def __init__(self) -> None:
+        self.places: dict[str, list[Any]] = {}  # service_id: [count, capacity, last now]
+
+    def counted(self, candidates: Sequence[domain.Candidate]) -> Sequence[domain.Candidate]:
+        if not self.places:
+            return candidates
+        return [c if (p := self.places.get(c.service_id)) is None
+                else replace(c, open_offers=c.open_offers + p[0]) for c in candidates]
+
+    def add(self, chosen: domain.Candidate, now: datetime) -> None:
+        p = self.places.setdefault(chosen.service_id, [0, chosen.capacity_max, now])
+        p[0] += 1
+        p[2] = now
+
+    def reserve(self, session: Session) -> None:
+        """Take every held place; ``HeldPlaceTaken`` when a service has no longer room."""
+        if not self.places:
+            return
+        taken = tables.reserve_many(session, [(sid, n, cap, now) for sid, (n, cap, now)
+                                              in sorted(self.places.items())])
+        if taken != len(self.places):
+            raise HeldPlaceTaken(f"{len(self.places) - taken} services filled concurrently")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from servicekit import events, logs
 
 from . import directory, domain, tables
-from .decide import DEFAULT_POLICY, Policy, Recorded, record_many, retry_unmatched, route
+from .decide import DEFAULT_POLICY, Held, Policy, Recorded, record_many, retry_unmatched, route
 from .tables import decisions, referral_view
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,15 @@ def on_referral_submitted(session: Session, env: events.Envelope,
 def on_referrals_submitted(session: Session, envs: list[events.Envelope],
                            policy: Policy = DEFAULT_POLICY) -> None:
     """``on_referral_submitted`` for each of ``envs`` in turn, with the writes of the run
-    shared: the referrals stored in one statement, each decided (and its place reserved)
-    in order, then every decision recorded together (``decide.record_many``), each event
+    shared: the referrals stored in one statement, each decided in order (seeing the places
+    the earlier ones chose), the chosen places reserved together (``decide.Held``: if
+    another worker filled one meanwhile, the run is rolled back and the runner handles
+    its events one at a time), then every decision recorded together (``decide.record_many``), each event
     with the correlation and causation the runner gives its submission alone."""
     rows = [_referral_row(env.data, _now()) for env in envs]
     stored = tables.insert_referrals(session, rows)
     made: list[Recorded] = []
+    held = Held()
     for env, row in zip(envs, rows, strict=True):
         rid = row["referral_id"]
         # as the runner wraps each event alone: logs, and the decision's event, name the
@@ -120,7 +123,9 @@ def on_referrals_submitted(session: Session, envs: list[events.Envelope],
                 continue
             stored.discard(rid)  # a second submission of it in this run: known by then
             route(session, rid, row["updated_at"], policy,
-                  inserted=SimpleNamespace(**row, offered_at=None), deferred=made)
+                  inserted=SimpleNamespace(**row, offered_at=None), deferred=made,
+                  held=held)
+    held.reserve(session)  # or, if another worker filled a chosen service: rolled back
     record_many(session, made)
 
 

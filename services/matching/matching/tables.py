@@ -3,6 +3,7 @@ the repository functions beside them. Nothing here holds personal data: referral
 the de-identified ones carried by ``referral.submitted``."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
@@ -22,6 +23,7 @@ from sqlalchemy import (
     case,
     delete,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import CursorResult, Result
@@ -201,6 +203,42 @@ def reserve(session: Session, service_id: str, capacity_max: int, now: datetime)
     result = session.connection().execute(
         _reserve_statement(), {"sid": service_id, "cap": capacity_max, "now": now})
     return int(result.rowcount) == 1
+
+
+def reserve_many(session: Session, places: list[tuple[str, int, int, datetime]]) -> int:
+    """``reserve`` of ``n`` places at once at each (service_id, n, capacity_max, now), in
+    service_id order, with the same guard (load plus ``n`` within capacity) and load rows
+    made first for services predating the load table; returns how many services took
+    theirs (a service that had no longer room for all ``n`` takes none)."""
+    conn = session.connection()
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [{"sid": sid, "n": n, "cap": cap, "now": now.isoformat()}
+                for sid, n, cap, now in places]
+        conn.execute(_ENSURE_LOADS_PG, {"rows": json.dumps(rows)})
+        return len(conn.execute(_RESERVE_MANY_PG, {"rows": json.dumps(rows)}).all())
+    for sid, _n, _cap, now in places:
+        ensure_load(session, sid, now)
+    load = service_load.c
+    stmt = (update(service_load)
+            .where(load.service_id == bindparam("sid"),
+                   load.open_offers + load.active_cases + bindparam("n") <= bindparam("cap"))
+            .values(open_offers=load.open_offers + bindparam("n"),
+                    updated_at=bindparam("now")))
+    return sum(int(conn.execute(stmt, {"sid": sid, "n": n, "cap": cap, "now": now}).rowcount)
+               for sid, n, cap, now in places)
+
+
+_ENSURE_LOADS_PG = text(
+    "INSERT INTO service_load (service_id, open_offers, active_cases, updated_at) "
+    "SELECT r.sid, 0, 0, r.now FROM json_to_recordset(CAST(:rows AS json)) "
+    "AS r(sid text, n int, cap int, now timestamptz) ORDER BY r.sid "
+    "ON CONFLICT (service_id) DO NOTHING")
+_RESERVE_MANY_PG = text(
+    "UPDATE service_load l SET open_offers = l.open_offers + r.n, updated_at = r.now "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS r(sid text, n int, cap int, "
+    "now timestamptz) "
+    "WHERE l.service_id = r.sid AND l.open_offers + l.active_cases + r.n <= r.cap "
+    "RETURNING l.service_id")
 
 
 def _moved(column: Any, delta: int) -> ColumnElement[Any]:

@@ -72,3 +72,31 @@ def test_a_run_of_submissions_decides_as_one_at_a_time_would(
         other.dispose()
     assert batched == one_by_one
     assert batched[3] == [(1, 0), (2, 0), (0, 0), (1, 0)]  # full, full, too old, full
+
+
+def test_a_run_whose_chosen_place_was_taken_meanwhile_is_rolled_back_not_overfilled(
+        matching_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's places are reserved together under the conditional UPDATE's guard: when
+    another worker filled a chosen service after the run's decision, nothing is taken and
+    the run fails (the runner then handles its events one at a time)."""
+    from sqlalchemy import update
+
+    from matching import decide
+
+    _directory(matching_db)
+    real = decide.Held.reserve
+
+    def filled_meanwhile(self: decide.Held, session: Any) -> None:
+        assert "svc-one" in self.places
+        session.execute(update(tables.service_load)
+                        .where(tables.service_load.c.service_id == "svc-one")
+                        .values(open_offers=1))  # as another worker's committed offer
+        real(self, session)
+
+    monkeypatch.setattr(decide.Held, "reserve", filled_meanwhile)
+    handler = handlers.SubmittedHandler(policy_for(matching_db))
+    with pytest.raises(decide.HeldPlaceTaken):
+        with matching_db.transaction() as session:
+            handler.handle_many(session, _submissions()[:3])
+    assert load(matching_db, "svc-one") == (0, 0)  # rolled back: nothing taken, nothing over
+    assert load(matching_db, "svc-two") == (0, 0)
