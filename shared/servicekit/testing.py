@@ -5,14 +5,17 @@ started here. A missing piece raises; tests never silently skip for lack of infr
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import psycopg
 
@@ -152,3 +155,65 @@ def iter_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> Iterator[A
         yield from consumer
     finally:
         consumer.close()
+
+
+# --- equivalence of a consumer's batch path (handle_many) and its one-event path ----------
+
+@contextmanager
+def seeded_uuids(monkeypatch: Any, seed: int) -> Iterator[None]:
+    """``uuid.uuid4`` from a seeded generator, so two runs of the same scenario draw the same
+    ids (``monkeypatch``: pytest's fixture)."""
+    rng = random.Random(seed)
+    with monkeypatch.context() as m:
+        m.setattr(uuid, "uuid4", lambda: uuid.UUID(int=rng.getrandbits(128), version=4))
+        yield
+
+
+class RecordingProducer:
+    """A producer that keeps what the runner sends (dead letters) and acknowledges at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, key: Any = None, value: bytes = b"", headers: Any = None) -> Any:
+        self.sent.append((topic, value))
+        return SimpleNamespace(get=lambda timeout=None: None)
+
+
+def equivalence_runner(spec: Any, db: Any, event_type: str, batched: bool, monkeypatch: Any
+                       ) -> tuple[Any, RecordingProducer, list[int]]:
+    """A ``ConsumerRunner`` for ``spec`` on ``db``: batched (polls of up to 100, and the
+    sizes of the ``handle_many`` runs of ``event_type`` that returned are appended to the
+    list returned) or one event at a time through the handler's ``__call__``."""
+    from .consumer import ConsumerRunner, RunnerConfig
+
+    handlers = dict(spec.handlers)
+    runs: list[int] = []
+    handler = handlers[event_type]
+    if batched:
+        original = handler.handle_many
+
+        def counted(session: Any, envs: list[Any]) -> None:
+            original(session, envs)
+            runs.append(len(envs))  # only runs that returned
+
+        monkeypatch.setattr(handler, "handle_many", counted, raising=False)
+    else:
+        handlers[event_type] = handler.__call__  # no handle_many: each event alone
+    producer = RecordingProducer()
+    runner = ConsumerRunner(name=spec.name, db=db, consumer=None, producer=producer,
+                            topics=spec.topics, handlers=handlers,
+                            config=RunnerConfig(batch_size=100 if batched else 1, backoff_s=0.0))
+    return runner, producer, runs
+
+
+def renamed(value: Any, names: dict[str, str]) -> Any:
+    """``value`` (nested dicts, lists, tuples) with every string found in ``names`` replaced:
+    random ids named by something both runs share."""
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, dict):
+        return {k: renamed(v, names) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(renamed(v, names) for v in value)
+    return value

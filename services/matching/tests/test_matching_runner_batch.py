@@ -6,10 +6,8 @@ and the same dead-letters."""
 from __future__ import annotations
 
 import dataclasses
-import random
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,31 +21,15 @@ from matching import bootstrap, consumers, handlers, tables
 from matching.decide import Policy
 from matching.index import DirectoryIndex
 from servicekit import events
-from servicekit.consumer import ConsumerRunner, PermanentError, RunnerConfig
+from servicekit.consumer import PermanentError
 from servicekit.db import Database, run_migrations
 from servicekit.settings import Settings
+from servicekit.testing import equivalence_runner, renamed, seeded_uuids
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # one clock for both runs: rows compare as is
 BAD = str(uuid.UUID(int=99, version=4))  # a submission its handler rejects
-
-
-@contextmanager
-def _seeded_uuids(monkeypatch: pytest.MonkeyPatch, seed: int) -> Iterator[None]:
-    rng = random.Random(seed)
-    with monkeypatch.context() as m:
-        m.setattr(uuid, "uuid4", lambda: uuid.UUID(int=rng.getrandbits(128), version=4))
-        yield
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    def send(self, topic: str, key: Any = None, value: bytes = b"", headers: Any = None) -> Any:
-        self.sent.append((topic, value))
-        return SimpleNamespace(get=lambda timeout=None: None)
 
 
 def _submission(n: int, **kwargs: Any) -> events.Envelope:
@@ -78,25 +60,9 @@ def _records() -> list[list[Any]]:
 def _run(db: Database, records: list[list[Any]], batched: bool,
          monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     spec = consumers.consumer_specs(Policy(index=DirectoryIndex()))[0]
-    by_type = dict(spec.handlers)
-    many: list[int] = []
-    submitted = by_type[events.REFERRAL_SUBMITTED]
-    if batched:
-        original = submitted.handle_many
-
-        def counted(session: Any, envs: list[events.Envelope]) -> None:
-            original(session, envs)
-            many.append(len(envs))  # only runs that returned
-
-        monkeypatch.setattr(submitted, "handle_many", counted, raising=False)
-    else:
-        by_type[events.REFERRAL_SUBMITTED] = submitted.__call__  # each event alone
-    producer = _Producer()
-    runner = ConsumerRunner(name=spec.name, db=db, consumer=None, producer=producer,
-                            topics=spec.topics, handlers=by_type,
-                            config=RunnerConfig(batch_size=100 if batched else 1,
-                                                backoff_s=0.0))
-    with _seeded_uuids(monkeypatch, 7):
+    runner, producer, many = equivalence_runner(spec, db, events.REFERRAL_SUBMITTED, batched,
+                                                monkeypatch)
+    with seeded_uuids(monkeypatch, 7):
         for poll in records:
             runner.process_batch(poll)
     # a run of 7 (the redelivered one is a duplicate), then 3 after the status change; the second
@@ -139,17 +105,7 @@ def _canonical(run: dict[str, Any]) -> dict[str, Any]:
     """Event ids are random (taken in a different order by the two paths): name each by its
     subject and sequence."""
     with_ids = run["event_ids"]
-
-    def sub(value: Any) -> Any:
-        if isinstance(value, str):
-            return with_ids.get(value, value)
-        if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(sub(v) for v in value)
-        return value
-
-    return {"tables": {k: sorted((sub(r) for r in rows), key=repr)
+    return {"tables": {k: sorted((renamed(r, with_ids) for r in rows), key=repr)
                        for k, rows in run["tables"].items()},
             "events": run["events"], "dead": run["dead"]}
 

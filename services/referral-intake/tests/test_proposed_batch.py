@@ -4,10 +4,8 @@ one batch, on two fresh databases set up identically, gives the same rows in eve
 the same outbox events and the same dead-letters."""
 from __future__ import annotations
 
-import random
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -18,28 +16,12 @@ from sqlalchemy import event, inspect, text
 
 from referral_intake import actions, bootstrap, consumers, handlers
 from servicekit import events
-from servicekit.consumer import ConsumerRunner, PermanentError, RunnerConfig
+from servicekit.consumer import PermanentError
 from servicekit.db import run_migrations
 from servicekit.settings import Settings
+from servicekit.testing import equivalence_runner, renamed, seeded_uuids
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # one clock for both runs: rows compare as is
-
-
-@contextmanager
-def _seeded_uuids(monkeypatch: pytest.MonkeyPatch, seed: int) -> Iterator[None]:
-    rng = random.Random(seed)
-    with monkeypatch.context() as m:
-        m.setattr(uuid, "uuid4", lambda: uuid.UUID(int=rng.getrandbits(128), version=4))
-        yield
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    def send(self, topic: str, key: Any = None, value: bytes = b"", headers: Any = None) -> Any:
-        self.sent.append((topic, value))
-        return SimpleNamespace(get=lambda timeout=None: None)
 
 
 def _proposal(rid: str, service: str, org: str, n: int) -> events.Envelope:
@@ -89,29 +71,13 @@ def _records(ids: dict[str, str]) -> list[Any]:
 
 
 def _run(it: Intake, batched: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    with _seeded_uuids(monkeypatch, 42):
+    with seeded_uuids(monkeypatch, 42):
         ids = _setup(it)
         records = _records(ids)
     spec = consumers.consumer_specs(it.ctx)[0]
-    handlers_by_type = dict(spec.handlers)
-    assert hasattr(handlers_by_type[events.ROUTING_PROPOSED], "handle_many")
-    many: list[int] = []
-    if batched:
-        proposed = handlers_by_type[events.ROUTING_PROPOSED]
-        original = proposed.handle_many
-        def counted(session: Any, envs: list[events.Envelope]) -> None:
-            original(session, envs)
-            many.append(len(envs))  # only runs that returned
-
-        monkeypatch.setattr(proposed, "handle_many", counted, raising=False)
-    else:
-        handlers_by_type[events.ROUTING_PROPOSED] = handlers_by_type[
-            events.ROUTING_PROPOSED].__call__  # no handle_many: each event alone
-    producer = _Producer()
-    runner = ConsumerRunner(name=spec.name, db=it.db, consumer=None, producer=producer,
-                            topics=spec.topics, handlers=handlers_by_type,
-                            config=RunnerConfig(batch_size=100 if batched else 1,
-                                                backoff_s=0.0))
+    assert hasattr(spec.handlers[events.ROUTING_PROPOSED], "handle_many")
+    runner, producer, many = equivalence_runner(spec, it.db, events.ROUTING_PROPOSED, batched,
+                                                monkeypatch)
     # two polls: the first batch commits through handle_many (runs of 5 and 2 events
     # around the exhausted one); the second meets the unknown referral, is rolled back and
     # handled one record at a time, which dead-letters that record alone
@@ -158,19 +124,9 @@ def _canonical(run: dict[str, Any]) -> dict[str, Any]:
         if data.get("offer") and data.get("proposal_id"):
             names[data["offer"]["offer_id"]] = "offer-of-" + data["proposal_id"]
     assert names
-
-    def sub(value: Any) -> Any:
-        if isinstance(value, str):
-            return names.get(value, value)
-        if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(sub(v) for v in value)
-        return value
-
-    return {"tables": {k: sorted((sub(r) for r in rows), key=repr)
+    return {"tables": {k: sorted((renamed(r, names) for r in rows), key=repr)
                        for k, rows in run["tables"].items()},
-            "events": sub(run["events"]), "dead": run["dead"]}
+            "events": renamed(run["events"], names), "dead": run["dead"]}
 
 
 def test_a_batch_of_proposals_leaves_what_each_alone_would(
