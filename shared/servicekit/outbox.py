@@ -82,9 +82,9 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
               source: str, validate_each: bool = True,
               causes: list[tuple[str | None, str | None]] | None = None
               ) -> list[events.Envelope]:
-    """``emit`` for many aggregates at once (bulk imports): two statements in all instead of
-    two per event. Subjects must be distinct (one event per aggregate per call).
-    ``causes``: each event's (correlation id, causation id), when the events of one call
+    """``emit`` for many events at once (bulk imports, consumer batches): two statements in
+    all instead of two per event. A subject may have several events: they take consecutive
+    sequences in the order given. ``causes``: each event's (correlation id, causation id), when the events of one call
     have different causes (a consumer batch); by default those of ``logs.correlation``.
 
     ``validate_each=False`` (data built by one trusted builder, e.g. a routing snapshot from
@@ -93,18 +93,19 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
     validated. Validation is most of the CPU of a bulk import.
 
     On PostgreSQL the sequences are taken by one statement whose one parameter is the
-    subjects as a JSON array, and the rows go in by ``COPY`` (an executemany costs a
+    subjects' event counts as a JSON object, and the rows go in by ``COPY`` (an executemany costs a
     statement execution per row on both sides); elsewhere an executemany each."""
     if not items:
         return []
-    subjects = [subject for subject, _ in items]
     if causes is not None and len(causes) != len(items):
         raise ValueError("emit_many takes one (correlation, causation) per event")
-    if len(set(subjects)) != len(items):
-        raise ValueError("emit_many takes one event per subject")
+    counts: dict[str, int] = {}
+    for subject, _ in items:
+        counts[subject] = counts.get(subject, 0) + 1
     postgresql = session.get_bind().dialect.name == "postgresql"
-    sequences = _take_sequences_pg(session, subjects) if postgresql else _take_sequences(
-        session, subjects)
+    last = _take_sequences_pg(session, counts) if postgresql else _take_sequences(
+        session, counts)
+    sequences = {subject: last[subject] - n + 1 for subject, n in counts.items()}  # the first
     envs: list[events.Envelope] = []
     trusted = False
     if causes is None:  # all caused by what the caller's ``logs.correlation`` names
@@ -113,6 +114,7 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
         env = events.new_event(event_type, subject=subject, sequence=sequences[subject],
                                data=data, source=source, correlation_id=correlation_id,
                                causation_id=causation_id, trusted=trusted)
+        sequences[subject] += 1
         if not envs and not validate_each:
             trusted = events.new_event(event_type, subject=subject, sequence=env.sequence,
                                        data=data, source=source, trusted=True).data == env.data
@@ -126,27 +128,30 @@ def emit_many(session: Session, event_type: str, items: list[tuple[str, dict[str
     return envs
 
 
-def _take_sequences(session: Session, subjects: list[str]) -> dict[str, int]:
+def _take_sequences(session: Session, counts: dict[str, int]) -> dict[str, int]:
+    """Advance each subject's sequence by its count; returns the last one taken of each."""
     _, seq = _tables(session)
     stmt = upsert(session, seq)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[seq.c.subject], set_={"last_sequence": seq.c.last_sequence + 1}
+        index_elements=[seq.c.subject],
+        set_={"last_sequence": seq.c.last_sequence + stmt.excluded.last_sequence}
     ).returning(seq.c.subject, seq.c.last_sequence)  # distinct subjects: any row order will
     # do, and then SQLAlchemy batches the upsert (ordered RETURNING sent one row at a time)
-    taken = session.execute(stmt, [{"subject": s, "last_sequence": 1} for s in subjects]).all()
+    taken = session.execute(stmt, [{"subject": s, "last_sequence": n}
+                                   for s, n in counts.items()]).all()
     return {row.subject: int(row.last_sequence) for row in taken}
 
 
-def _take_sequences_pg(session: Session, subjects: list[str]) -> dict[str, int]:
-    """The next sequence of each (distinct) subject in one statement: the same upsert as
-    ``next_sequence``, its rows from one JSON array parameter."""
+def _take_sequences_pg(session: Session, counts: dict[str, int]) -> dict[str, int]:
+    """``_take_sequences`` in one statement: the same upsert as ``next_sequence``, its rows
+    from one JSON object parameter (subject: count)."""
     _, seq = _tables(session)
     statement = text(
         f'INSERT INTO "{seq.name}" (subject, last_sequence) '
-        "SELECT value, 1 FROM json_array_elements_text(CAST(:subjects AS json)) "
-        f'ON CONFLICT (subject) DO UPDATE SET last_sequence = "{seq.name}".last_sequence + 1 '
-        "RETURNING subject, last_sequence")
-    taken = session.execute(statement, {"subjects": json.dumps(subjects)})
+        "SELECT key, CAST(value AS integer) FROM json_each_text(CAST(:counts AS json)) "
+        f'ON CONFLICT (subject) DO UPDATE SET last_sequence = "{seq.name}".last_sequence '
+        "+ excluded.last_sequence RETURNING subject, last_sequence")
+    taken = session.execute(statement, {"counts": json.dumps(counts)})
     return {subject: int(sequence) for subject, sequence in taken}
 
 

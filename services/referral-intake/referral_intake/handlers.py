@@ -23,7 +23,6 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    text,
     true,
     update,
 )
@@ -414,10 +413,10 @@ def on_routing_proposed(session: Session, ctx: Context, env: events.Envelope) ->
 def on_routing_proposed_many(session: Session, ctx: Context,
                              envs: list[events.Envelope]) -> None:
     """``on_routing_proposed`` for each of ``envs`` in turn (a run of a consumer batch), in
-    four statements on PostgreSQL whatever the number of events: lock the referrals (in id
-    order, as any other batch would: no deadlock), read their offers and current consent,
-    take the events' sequence numbers, and write services, offers, referrals, timeline and
-    outbox rows together. Each event is decided in order against the state the ones before
+    a handful of statements on PostgreSQL whatever the number of events: lock the referrals
+    (in id order, as any other batch would: no deadlock), read their offers and current
+    consent, write services, offers, referrals and timeline rows together, then the events
+    (``outbox.emit_many``: their sequences, and the rows by COPY). Each event is decided in order against the state the ones before
     it left (two proposals for one referral: the second is voided, as alone). Events get
     the correlation and causation each would get alone. An unknown referral raises
     ``PermanentError`` before anything is written: the runner then rolls the batch back and
@@ -472,8 +471,12 @@ def on_routing_proposed_many(session: Session, ctx: Context,
     writes += _update_each(referrals, referral_values)
     if rows:
         writes.append(_insert_json(timeline, "j_timeline", rows))  # in order: ids follow
-        writes.append(_outbox_insert(session, emitted))
     write_all(session, writes)
+    if emitted:  # each event with the correlation and causation it would get alone
+        outbox.emit_many(session, events.REFERRAL_STATUS_CHANGED,
+                         [(data["referral_id"], data) for _env, data in emitted],
+                         source=SOURCE, causes=[(env.correlation_id, env.id)
+                                                for env, _data in emitted])
 
 
 def _json_rows(table: Any, name: str, rows: list[dict[str, Any]]) -> Any:
@@ -539,37 +542,6 @@ def _update_each(table: Any, changed: dict[str, dict[str, Any]]) -> list[Any]:
         statements.append(update(table).where(table.c.id == given.c.id).values(
             {k: given.c[k] for k in keys}))
     return statements
-
-
-def _outbox_insert(session: Session, emitted: list[tuple[events.Envelope, dict[str, Any]]]
-                   ) -> Any:
-    """The outbox rows of the batch's ``referral.status_changed`` events, in order; each
-    event's sequence is taken here (one statement for all: ``last_sequence`` moves by the
-    number of the referral's events), its correlation and causation those of the event
-    that caused it, as ``outbox.emit`` under the runner's ``logs.correlation`` gives."""
-    kit = metadata.tables
-    counts: dict[str, int] = {}
-    for _env, data in emitted:
-        counts[data["referral_id"]] = counts.get(data["referral_id"], 0) + 1
-    taken = dict(session.execute(_TAKE_SEQUENCES, {"counts": json.dumps(counts)}).all())
-    nxt = {rid: int(taken[rid]) - n + 1 for rid, n in counts.items()}
-    now, rows = _now(), []
-    for env, data in emitted:
-        rid = data["referral_id"]
-        event = events.new_event(
-            events.REFERRAL_STATUS_CHANGED, subject=rid, sequence=nxt[rid], source=SOURCE,
-            correlation_id=env.correlation_id, causation_id=env.id, data=data)
-        nxt[rid] += 1
-        rows.append({**outbox.row_for(event), "created_at": now})
-    return _insert_json(kit["outbox"], "j_outbox", rows)
-
-
-_TAKE_SEQUENCES = text(
-    "INSERT INTO event_sequence (subject, last_sequence) "
-    "SELECT key, CAST(value AS integer) FROM json_each_text(CAST(:counts AS json)) "
-    "ON CONFLICT (subject) DO UPDATE "
-    "SET last_sequence = event_sequence.last_sequence + excluded.last_sequence "
-    "RETURNING subject, last_sequence")
 
 
 def on_routing_exhausted(session: Session, ctx: Context, env: events.Envelope) -> None:

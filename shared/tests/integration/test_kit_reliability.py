@@ -273,3 +273,32 @@ def test_consumer_killed_between_db_commit_and_offset_commit_has_one_effect(
     _run_until(restarted, lambda: referral.encode() in redelivered)
     assert _count(db, referral) == 1
     assert referral not in seen  # the handler did not run again although it was redelivered
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_emit_many_numbers_several_events_of_one_subject_in_order(
+        dialect: str, db: Database, tmp_path: Any) -> None:
+    """A consumer batch may emit several events of one aggregate: they take consecutive
+    sequences after those already taken, in the order given, each with its own cause."""
+    if dialect == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'kit.db'}", metadata)
+        metadata.create_all(db.engine)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    with db.transaction() as s:
+        _emit(s, a)  # a's sequence 1
+    with db.transaction() as s:
+        envs = outbox.emit_many(s, events.REFERRAL_ERASED,
+                                [(a, _erased(a)), (b, _erased(b)), (a, _erased(a))],
+                                source="test", causes=[("c1", "e1"), ("c2", "e2"), ("c3", "e3")])
+    assert [(e.subject, e.sequence, e.correlation_id, e.causation_id) for e in envs] == [
+        (a, 2, "c1", "e1"), (b, 1, "c2", "e2"), (a, 3, "c3", "e3")]
+    with db.transaction() as s:
+        assert _emit(s, a).sequence == 4 and _emit(s, b).sequence == 2
+    stored = metadata.tables["outbox"]
+    with db.engine.connect() as c:
+        rows = [events.decode(r.payload) for r in c.execute(
+            select(stored).order_by(stored.c.id))]
+    assert [(e.subject, e.sequence) for e in rows] == [(a, 1), (a, 2), (b, 1), (a, 3), (a, 4),
+                                                       (b, 2)]
+    if dialect == "sqlite":
+        db.dispose()
