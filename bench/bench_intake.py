@@ -20,7 +20,6 @@ which on 2 shared cores is CPU the api under test does not get).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from benchlib import _descendants, format_table, pct, record
+from benchlib import _descendants, format_table, http_client, pct, record
 
 from referral_intake import bootstrap
 from servicekit.auth import mint_dev_token
@@ -47,29 +46,6 @@ BODY = {"need": "housing", "urgency": "urgent",
         "location": {"lat": 47.61, "lon": -122.33}, "notes": "bench note",
         "consent": {"share_with_provider": True, "referrer_updates": "milestones",
                     "contact_methods": ["phone"], "obtained_via": "verbal"}}
-
-
-def _client(base: str, kind: str) -> Any:
-    """A function ``(method, path, body, headers) -> status`` on one keep-alive connection."""
-    if kind == "requests":
-        session = requests.Session()
-
-        def send_requests(method: str, path: str, body: bytes | None,
-                          headers: dict[str, str]) -> int:
-            resp = session.request(method, base + path, data=body, headers=headers, timeout=10)
-            return int(resp.status_code)
-        return send_requests
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-
-    def send(method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        if resp.will_close:
-            conn.close()
-        return int(resp.status)
-    return send
 
 
 def _ticks(pids: list[int]) -> float:
@@ -126,12 +102,12 @@ def _load(base: str, path: str, headers: dict[str, str], method: str, clients: i
     base_headers = {**headers, "Content-Type": "application/json"} if body else dict(headers)
 
     def client(i: int) -> None:
-        send = _client(base, kind)
+        send = http_client(base, kind)
         while (now := time.perf_counter()) < stop_at:
             h = dict(base_headers)
             if method == "POST":
                 h["Idempotency-Key"] = uuid.uuid4().hex
-            status = send(method, path, body, h)
+            status, _body = send(method, path, body, h)
             if now >= window_start:
                 lat[i].append((time.perf_counter() - now) * 1000)
                 if status >= 300:

@@ -7,12 +7,15 @@ printed.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import requests
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -136,3 +139,34 @@ def raw_round_trips(bootstrap: str, n: int, fetch_max_wait_ms: int) -> list[floa
     producer.close()
     consumer.close()
     return out
+
+
+def http_client(base: str, kind: str = "http.client") -> Any:
+    """A function ``(method, path, body, headers) -> (status, body bytes)`` on one keep-alive
+    connection to ``base``: ``http.client`` by default, or ``kind="requests"``. The load
+    generator shares the machine's 2 cores with the system under test, and ``requests``
+    costs about twice the client CPU per request (CPU the system under test does not get)."""
+    if kind == "requests":
+        session = requests.Session()
+
+        def send_requests(method: str, path: str, body: bytes | None,
+                          headers: dict[str, str]) -> tuple[int, bytes]:
+            resp = session.request(method, base + path, data=body, headers=headers, timeout=30)
+            return int(resp.status_code), resp.content
+        return send_requests
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def send(method: str, path: str, body: bytes | None,
+             headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()  # the next request reconnects
+            raise
+        if resp.will_close:
+            conn.close()
+        return int(resp.status), data
+    return send

@@ -51,7 +51,7 @@ run_migrations(url, bootstrap.MIGRATIONS)
 
 
 it = Intake(settings)
-logging.getLogger().handlers[0].stream = open(os.devnull, "w")  # JSON logs formatted as in production, discarded
+logging.getLogger().handlers[0].stream = open(os.devnull, "w")  # noqa: SIM115 - JSON logs formatted as in production, discarded
 counts = {"stmts": 0, "commits": 0}
 import psycopg as _pg
 
