@@ -27,7 +27,7 @@ from typing import Any, Callable
 import psycopg
 from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -195,6 +195,8 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.send_timeout_s = send_timeout_s
         self.outbox: Table = db.metadata.tables["outbox"]
+        self._claim_sql, self._sent_sql, self._failed_sql = _relay_statements(
+            self.outbox, db.engine.dialect.name == "postgresql")
         # Test hook: called after the broker acknowledged and before rows are marked sent.
         self.after_send: Callable[[list[int]], None] | None = None
         self._held_back = False  # last claim skipped rows behind another relay's
@@ -252,36 +254,25 @@ class OutboxRelay:
             if self.after_send is not None:
                 self.after_send(done)
             if done:
-                uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(done))
-                                    .values(sent_at=datetime.now(timezone.utc)))
+                uow.session.execute(self._sent_sql, {"ids": done,
+                                                     "now": datetime.now(timezone.utc)})
             sent = set(done)
             failed = [r.id for r in rows if r.id not in sent]
             if failed:
-                uow.session.execute(update(self.outbox).where(self.outbox.c.id.in_(failed))
-                                    .values(attempts=self.outbox.c.attempts + 1,
-                                            last_error="publish failed"))
+                uow.session.execute(self._failed_sql, {"ids": failed})
             uow.commit()
         return len(done)
 
     def _claim(self, session: Session) -> list[Any]:
-        o = self.outbox
-        query = (select(o.c.id, o.c.topic, o.c.key, o.c.payload, o.c.headers, o.c.created_at)
-                 .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(self.batch_size))
+        rows = list(session.execute(self._claim_sql, {"n": self.batch_size}))
         if session.get_bind().dialect.name != "postgresql":
-            return list(session.execute(query))
-        rows = list(session.execute(query.with_for_update(skip_locked=True)))
-        self._held_back = False
-        if not rows:
             return rows
-        # Keep per-key order: skip keys whose older unsent rows are claimed by another relay.
+        # Keep per-key order: skip keys whose older unsent rows are claimed by another relay
+        # (each row comes with its key's oldest unsent id, read in the same statement).
         first_mine: dict[str, int] = {}
         for r in rows:
             first_mine.setdefault(r.key, r.id)
-        oldest = dict(session.execute(
-            select(o.c.key, func.min(o.c.id)).where(o.c.sent_at.is_(None),
-                                                    o.c.key.in_(list(first_mine)))
-            .group_by(o.c.key)).all())
-        mine = [r for r in rows if oldest.get(r.key, r.id) >= first_mine[r.key]]
+        mine = [r for r in rows if r.oldest >= first_mine[r.key]]
         self._held_back = len(mine) < len(rows)
         return mine
 
@@ -310,6 +301,27 @@ class OutboxRelay:
             PUBLISH_ERRORS.inc()
             log.warning("outbox publish incomplete", extra=logs.log_fields(failed_keys=len(broken)))
         return done
+
+
+def _relay_statements(o: Table, postgresql: bool) -> tuple[Any, Any, Any]:
+    """The relay's three statements, built once (the relay runs them every round): claim the
+    oldest unsent rows, mark rows sent, count a failed attempt. On PostgreSQL the claim locks
+    rows ``FOR UPDATE SKIP LOCKED`` and returns with each row the oldest unsent id of its
+    key (other relays' locked rows included), read in the same statement and snapshot."""
+    ids = bindparam("ids", expanding=True)
+    sent = update(o).where(o.c.id.in_(ids)).values(sent_at=bindparam("now"))
+    failed = update(o).where(o.c.id.in_(ids)).values(attempts=o.c.attempts + 1,
+                                                     last_error="publish failed")
+    claim = (select(o.c.id, o.c.topic, o.c.key, o.c.payload, o.c.headers, o.c.created_at)
+             .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(bindparam("n")))
+    if postgresql:
+        claimed = claim.with_for_update(skip_locked=True).cte("claimed")
+        other = o.alias("unsent")
+        oldest = (select(func.min(other.c.id))
+                  .where(other.c.key == claimed.c.key, other.c.sent_at.is_(None))
+                  .scalar_subquery())
+        claim = select(claimed, oldest.label("oldest")).order_by(claimed.c.id)
+    return claim, sent, failed
 
 
 class _Waker:
