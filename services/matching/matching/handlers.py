@@ -208,8 +208,8 @@ def on_status_changes(session: Session, envs: list[events.Envelope],
 
 
 def _settle_together(session: Session, envs: list[events.Envelope]) -> None:
-    """Changes that settle alone, in order, in four statements: their referrals read and
-    locked (in id order) in one, the decisions their proposals name in one, then each
+    """Changes that settle alone, in order, in at most four statements: their referrals read
+    and locked (in id order) in one, the decisions their proposals name in one, then each
     referral's last state in one and each service's summed increments in one. Several
     changes of one referral follow each other as they would one at a time: each starts from
     the state the previous one left."""
