@@ -20,7 +20,7 @@ def consumer_specs(policy: Policy = DEFAULT_POLICY) -> list[ConsumerSpec]:
             events.PROVIDER_SERVICE_REMOVED: partial(handlers.on_service_removed,
                                                      policy=policy),
             events.REFERRAL_SUBMITTED: handlers.SubmittedHandler(policy),
-            events.REFERRAL_STATUS_CHANGED: partial(handlers.on_status_changed, policy=policy),
+            events.REFERRAL_STATUS_CHANGED: handlers.StatusChangedHandler(policy),
             events.REFERRAL_ERASED: partial(handlers.on_referral_erased, policy=policy),
         },
     )]

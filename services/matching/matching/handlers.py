@@ -151,19 +151,18 @@ def on_status_changed(session: Session, env: events.Envelope,
     referrals."""
     d, now = env.data, _now()
     ref = tables.referral(session, d["referral_id"], lock=True)
-    reserved = bool(d.get("proposal_id")) and (
-        tables.decision_by_event(session, d["proposal_id"]) is not None)
+    proposal = (tables.decision_by_event(session, d["proposal_id"])
+                if d.get("proposal_id") else None)
     change = domain.load_change(d["from_status"], d["to_status"], d["reason_code"],
-                                reserved=reserved)
-    service_id = _offer_service(session, d, ref)
+                                reserved=proposal is not None)
+    service_id = _offer_service(d, proposal, None if ref is None else ref.service_id)
     if service_id is not None:
         tables.adjust_load(session, service_id, change.open_offers, change.active_cases, now)
         if change.mark_tried:
             tables.mark_tried(session, d["referral_id"], service_id, now)
         _remember_answer(session, d, ref, service_id, now)
     elif change.open_offers or change.active_cases:
-        log.warning("status change names no service: load not adjusted", extra=logs.log_fields(
-            referral_id=d["referral_id"], event_id=env.id))
+        _no_service(env)
     if ref is not None:
         _follow_status(session, ref, d, now)
         if change.reevaluate:
@@ -175,6 +174,96 @@ def on_status_changed(session: Session, env: events.Envelope,
         _offer_freed_place(session, service_id, now, policy)
 
 
+def _settles_alone(d: dict[str, Any]) -> bool:
+    """Whether a status change does no more than add to its service's load (or leave it)
+    and move the referral's mirrored status: no place freed (counters never go below 0, so
+    decrements do not add up), no service tried, no answer recorded, nothing to decide.
+    Such changes of a run can be applied together (``on_status_changes``). ``reserved``
+    only makes an offer's increment 0 or 1, so the event alone says."""
+    change = domain.load_change(d["from_status"], d["to_status"], d["reason_code"],
+                                reserved=False)
+    return (change.open_offers >= 0 and change.active_cases >= 0 and not change.mark_tried
+            and not change.reevaluate and d["to_status"] != "unmatched"
+            and not _is_answer(d))
+
+
+def on_status_changes(session: Session, envs: list[events.Envelope],
+                      policy: Policy = DEFAULT_POLICY) -> None:
+    """``on_status_changed`` for each of ``envs`` in turn. Each stretch of consecutive
+    changes that settle alone (``_settles_alone``: in the pipeline, every offer answering a
+    proposal) is applied set-wise by ``_settle_together``; any other change (an answer, a
+    decline, a freed place...) goes through ``on_status_changed`` in its place, after the
+    stretch before it is written, so every effect keeps the events' order."""
+    stretch: list[events.Envelope] = []
+    for env in envs:
+        if _settles_alone(env.data):
+            stretch.append(env)
+            continue
+        _settle_together(session, stretch)
+        stretch = []
+        # as the runner wraps each event alone: a decision it makes names this change
+        with logs.correlation(env.correlation_id, env.id):
+            on_status_changed(session, env, policy)
+    _settle_together(session, stretch)
+
+
+def _settle_together(session: Session, envs: list[events.Envelope]) -> None:
+    """Changes that settle alone, in order, in at most four statements: their referrals read
+    and locked (in id order) in one, the decisions their proposals name in one, then each
+    referral's last state in one and each service's summed increments in one. Several
+    changes of one referral follow each other as they would one at a time: each starts from
+    the state the previous one left."""
+    if not envs:
+        return
+    refs = {r.referral_id: SimpleNamespace(**r._asdict(), status=None, updated_at=None)
+            for r in tables.referral_offers(
+                session, sorted({env.data["referral_id"] for env in envs}))}
+    proposals = tables.decision_services(
+        session, sorted({env.data["proposal_id"] for env in envs if env.data.get("proposal_id")}))
+    loads: dict[str, tuple[int, int, datetime]] = {}
+    for env in envs:
+        d, now = env.data, _now()
+        ref = refs.get(d["referral_id"])
+        pid = d.get("proposal_id")
+        proposal = SimpleNamespace(service_id=proposals[pid]) if pid in proposals else None
+        change = domain.load_change(d["from_status"], d["to_status"], d["reason_code"],
+                                    reserved=proposal is not None)
+        service_id = _offer_service(d, proposal, None if ref is None else ref.service_id)
+        if change.open_offers or change.active_cases:
+            if service_id is None:
+                _no_service(env)
+            else:
+                o, a, _ = loads.get(service_id, (0, 0, now))
+                loads[service_id] = (o + change.open_offers, a + change.active_cases, now)
+        if ref is not None:
+            ref.service_id, ref.offered_at = _followed(ref.service_id, ref.offered_at, d)
+            ref.status, ref.updated_at = d["to_status"], now
+    tables.add_loads(session, [(sid, o, a, now) for sid, (o, a, now) in sorted(loads.items())])
+    tables.follow_statuses(session, [r for _rid, r in sorted(refs.items())
+                                     if r.status is not None])
+
+
+class StatusChangedHandler:
+    """The consumer's handler of ``referral.status_changed``: one event (``__call__``) or a
+    run of consecutive ones in a consumer batch (``handle_many``, see the kit's
+    ``BatchHandler``)."""
+
+    def __init__(self, policy: Policy = DEFAULT_POLICY):
+        self.policy = policy
+
+    def __call__(self, session: Session, env: events.Envelope) -> None:
+        on_status_changed(session, env, self.policy)
+
+    def handle_many(self, session: Session, envs: list[events.Envelope]) -> None:
+        on_status_changes(session, envs, self.policy)
+
+
+def _no_service(env: events.Envelope) -> None:
+    with logs.correlation(env.correlation_id, env.id):
+        log.warning("status change names no service: load not adjusted", extra=logs.log_fields(
+            referral_id=env.data["referral_id"], event_id=env.id))
+
+
 def _offer_freed_place(session: Session, service_id: str, now: datetime,
                        policy: Policy) -> None:
     categories = directory.indexed_categories(session, service_id)
@@ -182,15 +271,20 @@ def _offer_freed_place(session: Session, service_id: str, now: datetime,
         retry_unmatched(session, sorted(categories), now, policy, freed_service=service_id)
 
 
-def _remember_answer(session: Session, d: dict[str, Any], ref: Any, service_id: str,
-                     now: datetime) -> None:
+def _is_answer(d: dict[str, Any]) -> bool:
     """Acceptances, declines and expiries feed the service's acceptance rate and response
     time; withdrawals, voids and cancellations say nothing about the provider."""
     if d["from_status"] != "offered" or d["reason_code"] == "proposal_void":
+        return False
+    return (d["to_status"] == "accepted" or d["reason_code"] in DECLINES
+            or d["reason_code"] == "expired")
+
+
+def _remember_answer(session: Session, d: dict[str, Any], ref: Any, service_id: str,
+                     now: datetime) -> None:
+    if not _is_answer(d):
         return
     accepted = d["to_status"] == "accepted"
-    if not (accepted or d["reason_code"] in DECLINES or d["reason_code"] == "expired"):
-        return
     offered_at = None if ref is None else ref.offered_at
     response_s = None
     if offered_at is not None:
@@ -210,27 +304,33 @@ def on_referral_erased(session: Session, env: events.Envelope,
     session.execute(update(decisions).where(decisions.c.referral_id == rid).values(reasons=[]))
 
 
-def _offer_service(session: Session, d: dict[str, Any], ref: Any) -> str | None:
-    """The service whose load a status change moves: the offer's, else the proposal's,
-    else the one the referral was last offered to."""
+def _offer_service(d: dict[str, Any], proposal: Any, last_service: str | None) -> str | None:
+    """The service whose load a status change moves: the offer's, else the proposal's
+    (``proposal``: the decision ``proposal_id`` names, if any), else the one the referral
+    was last offered to."""
     if d.get("offer"):
         return str(d["offer"]["service_id"])
-    if d.get("proposal_id"):
-        row = tables.decision_by_event(session, d["proposal_id"])
-        if row is not None and row.service_id:
-            return str(row.service_id)
-    return None if ref is None else ref.service_id
+    if proposal is not None and proposal.service_id:
+        return str(proposal.service_id)
+    return last_service
+
+
+def _followed(service_id: str | None, offered_at: datetime | None, d: dict[str, Any]
+              ) -> tuple[str | None, datetime | None]:
+    """The referral's service and offer time after the status change ``d``."""
+    to_status = d["to_status"]
+    if to_status == "offered" and d.get("offer") and d["reason_code"] != "proposal_void":
+        return d["offer"]["service_id"], events.parse_time(d["occurred_at"])
+    if to_status in ("submitted", "unmatched") or to_status in domain.TERMINAL:
+        return None, None
+    if to_status != "offered":
+        return service_id, None
+    return service_id, offered_at
 
 
 def _follow_status(session: Session, ref: Any, d: dict[str, Any], now: datetime) -> None:
-    to_status, service_id, offered_at = d["to_status"], ref.service_id, ref.offered_at
-    if to_status == "offered" and d.get("offer") and d["reason_code"] != "proposal_void":
-        service_id, offered_at = d["offer"]["service_id"], events.parse_time(d["occurred_at"])
-    elif to_status in ("submitted", "unmatched") or to_status in domain.TERMINAL:
-        service_id, offered_at = None, None
-    elif to_status != "offered":
-        offered_at = None
+    service_id, offered_at = _followed(ref.service_id, ref.offered_at, d)
     session.execute(update(referral_view)
                     .where(referral_view.c.referral_id == ref.referral_id)
-                    .values(status=to_status, service_id=service_id, offered_at=offered_at,
-                            updated_at=now))
+                    .values(status=d["to_status"], service_id=service_id,
+                            offered_at=offered_at, updated_at=now))

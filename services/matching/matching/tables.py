@@ -259,6 +259,49 @@ def adjust_load(session: Session, service_id: str, open_offers: int, active_case
         active_cases=_moved(load.active_cases, active_cases), updated_at=now))
 
 
+def add_loads(session: Session, loads: list[tuple[str, int, int, datetime]]) -> None:
+    """``adjust_load`` of several services at once, by (service_id, open_offers,
+    active_cases, now) in service_id order, for increments only (what a decrement leaves
+    depends on the order, since counters stop at 0): load rows made as needed, one
+    statement."""
+    if not loads:
+        return
+    if any(o < 0 or a < 0 for _sid, o, a, _now in loads):
+        raise ValueError("add_loads takes increments only")
+    conn = session.connection()
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [{"sid": sid, "o": o, "a": a, "now": now.isoformat()}
+                for sid, o, a, now in loads]
+        conn.execute(_ADD_LOADS_PG, {"rows": json.dumps(rows)})
+        return
+    conn.execute(_add_loads_statement(), [{"sid": sid, "o": o, "a": a, "now": now}
+                                          for sid, o, a, now in loads])
+
+
+@lru_cache(maxsize=1)
+def _add_loads_statement() -> Any:
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    stmt = sqlite_insert(service_load).values(
+        service_id=bindparam("sid"), open_offers=bindparam("o"), active_cases=bindparam("a"),
+        updated_at=bindparam("now", type_=service_load.c.updated_at.type))
+    load = service_load.c
+    return stmt.on_conflict_do_update(index_elements=[load.service_id], set_={
+        "open_offers": load.open_offers + stmt.excluded.open_offers,
+        "active_cases": load.active_cases + stmt.excluded.active_cases,
+        "updated_at": stmt.excluded.updated_at})
+
+
+_ADD_LOADS_PG = text(
+    "INSERT INTO service_load (service_id, open_offers, active_cases, updated_at) "
+    "SELECT r.sid, r.o, r.a, r.now FROM json_to_recordset(CAST(:rows AS json)) "
+    "AS r(sid text, o int, a int, now timestamptz) ORDER BY r.sid "
+    "ON CONFLICT (service_id) DO UPDATE SET "
+    "open_offers = service_load.open_offers + excluded.open_offers, "
+    "active_cases = service_load.active_cases + excluded.active_cases, "
+    "updated_at = excluded.updated_at")
+
+
 # --- repository: referrals -------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _insert_referral_statement(dialect: str, columns: tuple[str, ...]) -> Any:
@@ -298,6 +341,49 @@ def referral(session: Session, referral_id: str, *, lock: bool = False,
     return session.execute(query).first()
 
 
+def referral_offers(session: Session, referral_ids: list[str]) -> list[Any]:
+    """The known ones of ``referral_ids``, each with the service holding its offer or case
+    and when the offer began; their rows locked in id order (one statement)."""
+    v = referral_view.c
+    return list(session.execute(locked(session, select(v.referral_id, v.service_id,
+                                                       v.offered_at)
+                                        .where(v.referral_id.in_(referral_ids))
+                                        .order_by(v.referral_id))))
+
+
+def follow_statuses(session: Session, refs: list[Any]) -> None:
+    """Set several referrals' status, service, offer time and updated_at (attributes of
+    each of ``refs``, by ``referral_id``): one statement."""
+    if not refs:
+        return
+    conn = session.connection()
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [{"rid": r.referral_id, "status": r.status, "sid": r.service_id,
+                 "offered_at": None if r.offered_at is None else r.offered_at.isoformat(),
+                 "now": r.updated_at.isoformat()} for r in refs]
+        conn.execute(_FOLLOW_STATUSES_PG, {"rows": json.dumps(rows)})
+        return
+    conn.execute(_follow_statement(), [
+        {"rid": r.referral_id, "status": r.status, "sid": r.service_id,
+         "offered_at": r.offered_at, "now": r.updated_at} for r in refs])
+
+
+@lru_cache(maxsize=1)
+def _follow_statement() -> Any:
+    v = referral_view.c
+    return (update(referral_view).where(v.referral_id == bindparam("rid"))
+            .values(status=bindparam("status"), service_id=bindparam("sid"),
+                    offered_at=bindparam("offered_at", type_=v.offered_at.type),
+                    updated_at=bindparam("now", type_=v.updated_at.type)))
+
+
+_FOLLOW_STATUSES_PG = text(
+    "UPDATE referral_view v SET status = r.status, service_id = r.sid, "
+    "offered_at = r.offered_at, updated_at = r.now "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS r(rid text, status text, sid text, "
+    "offered_at timestamptz, now timestamptz) WHERE v.referral_id = r.rid")
+
+
 URGENCY_ORDER = {"emergency": 0, "urgent": 1, "routine": 2}
 
 
@@ -325,6 +411,15 @@ def mark_tried(session: Session, referral_id: str, service_id: str, now: datetim
 
 def decision_by_event(session: Session, event_id: str) -> Any:
     return session.execute(select(decisions).where(decisions.c.event_id == event_id)).first()
+
+
+def decision_services(session: Session, event_ids: list[str]) -> dict[str, str | None]:
+    """``decision_by_event`` of several events, each found one's service (one statement)."""
+    if not event_ids:
+        return {}
+    d = decisions.c
+    return {r.event_id: r.service_id for r in session.execute(
+        select(d.event_id, d.service_id).where(d.event_id.in_(event_ids)))}
 
 
 # --- rows -> domain ----------------------------------------------------------------------------
