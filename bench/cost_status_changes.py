@@ -9,7 +9,7 @@ starts from the same state (the referrals proposed and their places reserved); p
 this process' CPU (``time.process_time``) and the PostgreSQL backend's CPU (/proc of the
 connection's backend; the database runs on this machine) per event, and the statements
 sent per run (each execute or executemany counted once). CPU, not wall time: the machine
-is shared. Usage: ``python bench/bench_status_changes.py [RUN] [REPS] [RUNS]`` with
+is shared. Usage: ``python bench/cost_status_changes.py [RUN] [REPS] [RUNS]`` with
 PYTHONPATH set as for the tests; uses the local PostgreSQL (a fresh database, dropped at
 the end).
 """
