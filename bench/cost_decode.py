@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import statistics
 import time
 import uuid
@@ -26,10 +27,11 @@ ROUNDS = int(os.environ.get("ROUNDS", "5"))
 
 def _submitted(now: dt.datetime) -> events.Envelope:
     rid = str(uuid.uuid4())
+    where = (47.5 + random.random() / 4, -122.45 + random.random() / 5)  # one city's cells
     row = {"id": rid, "short_id": domain.short_id(rid), "need": "mental_health",
            "urgency": "urgent", "agency_id": "metro-pd",
            "officer_ref": crypto.blind_index(b"k" * 32, "officer-7", purpose="officer")}
-    coarse = dict(geo.coarsen(47.6101, -122.3421))
+    coarse = dict(geo.coarsen(*where))
     eligibility = {"age": 34, "gender": "female", "preferred_language": "es-MX",
                    "needs_interpreter": True, "flags": ["family", "veteran"]}
     consent = {"share_with_provider": True, "referrer_updates": "milestones",
@@ -74,6 +76,7 @@ def _proposed(now: dt.datetime) -> events.Envelope:
 
 
 def main() -> None:
+    random.seed(7)
     now = dt.datetime.now(dt.UTC).replace(microsecond=589123)
     for build in (_submitted, _status_changed, _proposed):
         raws = [events.encode(build(now + dt.timedelta(seconds=i))) for i in range(100)]

@@ -13,6 +13,7 @@ step, ignores unknown fields, passes unknown event types through untouched, and 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import uuid
@@ -178,6 +179,15 @@ class _Contract(Schema):
         unknown = RAISE
 
 
+@functools.lru_cache(maxsize=4096)
+def _cell_centre(geohash: str) -> tuple[float, float]:
+    """The coarsened centre of a precision-6 cell: every ``referral.submitted`` decode checks
+    one (a third of the CPU of a decode that takes the shortcut), and one city's referrals
+    come from a few thousand cells."""
+    centre = geo.coarsen(*geo.decode(geohash))
+    return centre["lat"], centre["lon"]
+
+
 class CoarseLocationSchema(_Contract):
     """Centre of the resident's precision-6 geohash cell, rounded to 3 decimals."""
 
@@ -187,8 +197,8 @@ class CoarseLocationSchema(_Contract):
 
     @validates_schema
     def _is_cell_centre(self, data: dict[str, Any], **kwargs: Any) -> None:
-        expected = geo.coarsen(*geo.decode(data["geohash"]))
-        if abs(data["lat"] - expected["lat"]) > 1e-9 or abs(data["lon"] - expected["lon"]) > 1e-9:
+        lat, lon = _cell_centre(data["geohash"])
+        if abs(data["lat"] - lat) > 1e-9 or abs(data["lon"] - lon) > 1e-9:
             raise ValidationError("lat/lon must be the coarsened centre of the geohash cell",
                                   "lat")
 

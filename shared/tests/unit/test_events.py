@@ -487,3 +487,4 @@ def test_current_events_take_the_shortcut(event_type: str) -> None:
         assert fast is None
     else:
         assert fast == env
+
