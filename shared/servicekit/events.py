@@ -671,15 +671,22 @@ def _current_data(type: str, version: int, data: dict[str, Any]) -> dict[str, An
     return result
 
 
+_CANONICAL_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z\Z")
+
+
 def _is_canonical_time(value: Any) -> bool:
-    """``value`` is a time ``UtcDateTime`` loads and dumps back unchanged (``format_time``'s
-    form: UTC with ``Z``; so no offset can push it out of datetime's range)."""
-    if type(value) is not str or not value.endswith("Z"):
+    """``value`` is a time ``UtcDateTime`` loads and dumps back unchanged: ``format_time``'s
+    form (UTC with ``Z``, microseconds only when there are some) of a time that exists. A
+    test holds it to ``format_time(parse_time(value)) == value``, a quarter of its CPU."""
+    if type(value) is not str or _CANONICAL_TIME.match(value) is None or \
+            value.endswith(".000000Z"):
         return False
     try:
-        return format_time(parse_time(value)) == value
-    except (ValueError, OverflowError):
+        dt.datetime.fromisoformat(value)
+    except ValueError:
         return False
+    return True
 
 
 _CANONICAL_FIELDS: dict[type, Callable[[Any], bool]] = {UtcDateTime: _is_canonical_time}

@@ -488,3 +488,29 @@ def test_current_events_take_the_shortcut(event_type: str) -> None:
     else:
         assert fast == env
 
+
+def _dumps_back(value: str) -> bool:
+    try:
+        return events.format_time(events.parse_time(value)) == value
+    except (ValueError, OverflowError):
+        return False
+
+
+OFFSETS = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=2)),
+                           dt.timezone(dt.timedelta(hours=-5, minutes=-30))])
+TIME_TEXTS = st.one_of(
+    st.datetimes(timezones=OFFSETS).map(lambda when: when.isoformat()),
+    st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time),
+    st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time).flatmap(
+        lambda text: st.tuples(st.integers(0, len(text)), st.sampled_from("0159:.TZz+-٣ "))
+        .map(lambda edit: text[:edit[0]] + edit[1] + text[edit[0] + 1:])),
+    st.tuples(st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time),
+              st.sampled_from(["", ".", ".000000", ".0", ".5", ".500000", ".123456789"]))
+    .map(lambda parts: parts[0][:19] + parts[1] + "Z"),
+    st.text(alphabet="0123456789-:.TZ", max_size=30))
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(TIME_TEXTS)
+def test_canonical_times_are_exactly_those_that_dump_back_unchanged(text: str) -> None:
+    assert events._is_canonical_time(text) == _dumps_back(text)
