@@ -135,7 +135,8 @@ def _field(field: fields.Field[Any], canonical: Canonical) -> tuple[Convert, boo
     kind = type(field)
     allow_none = field.allow_none
     if kind in _SCALARS and _scalar_ok(field):
-        return _scalar(_SCALARS[kind], _check(field), allow_none), True
+        finite = kind is fields.Float and not cast(fields.Float, field).allow_nan
+        return _scalar(_SCALARS[kind], _check(field), allow_none, finite), True
     if field.validators:
         raise _Unsupported  # below, the loaded value is not the JSON one the checks see
     if kind in canonical:
@@ -163,8 +164,8 @@ def _scalar_ok(field: fields.Field[Any]) -> bool:
     return True
 
 
-def _scalar(expected: type, check: Callable[[Any], Any] | None, allow_none: bool) -> Convert:
-    finite = expected is float  # infinities (JSON's 1e400) and NaN: marshmallow decides
+def _scalar(expected: type, check: Callable[[Any], Any] | None, allow_none: bool,
+            finite: bool) -> Convert:
     isfinite: Callable[[Any], bool] = math.isfinite
 
     def convert(value: Any) -> Any:
