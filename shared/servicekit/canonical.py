@@ -33,7 +33,6 @@ from marshmallow.decorators import (
     VALIDATES,
     VALIDATES_SCHEMA,
 )
-from marshmallow.error_store import ErrorStore
 
 Convert = Callable[[Any], Any]
 # field class -> whether a JSON value is one that field loads and dumps back unchanged
@@ -81,9 +80,13 @@ def _schema(schema: Schema, canonical: Canonical) -> tuple[Convert, bool]:
         field_convert, field_plain = _field(field, canonical)
         plain = plain and field_plain
         steps.append((name, field_convert, _absent(field, field_convert)))
-    validators = hooks[VALIDATES_SCHEMA]
-    if validators and (not plain or any(kw.get("pass_original") for _, _, kw in validators)):
+    hooked = hooks[VALIDATES_SCHEMA]
+    if hooked and (not plain or any(kw.get("pass_original") for _, _, kw in hooked)):
         raise _Unsupported  # the validators want the loaded data: only here it is the dumped
+    # in the order Schema.load calls them: those registered for collections first
+    validators = tuple(getattr(schema, name) for collection in (True, False)
+                       for name, many, _ in hooked if many == collection)
+    partial, unknown = schema.partial, schema.unknown
     checked = tuple(steps)
 
     def convert(value: Any) -> dict[str, Any]:
@@ -96,21 +99,14 @@ def _schema(schema: Schema, canonical: Canonical) -> tuple[Convert, bool]:
                 out[name] = convert_field(item)
             elif absent is not None:
                 out[name] = absent()
-        if validators:
-            _run_schema_validators(schema, out, value)
+        for validator in validators:  # as Schema.load calls them, on the loaded data
+            try:
+                validator(out, partial=partial, many=False, unknown=unknown)
+            except ValidationError:
+                raise NotCanonical from None
         return out
 
     return convert, plain
-
-
-def _run_schema_validators(schema: Schema, data: dict[str, Any], original: Any) -> None:
-    errors = ErrorStore()  # type: ignore[no-untyped-call]
-    for collection in (True, False):
-        schema._invoke_schema_validators(  # as Schema.load runs them
-            error_store=errors, pass_collection=collection, data=data, original_data=original,
-            many=False, partial=schema.partial, unknown=schema.unknown, field_errors=False)
-    if errors.errors:
-        raise NotCanonical
 
 
 def _absent(field: fields.Field[Any], convert: Convert) -> Callable[[], Any] | None:
