@@ -74,12 +74,14 @@ def _schema(schema: Schema, canonical: Canonical) -> tuple[Convert, bool]:
             or list(schema.load_fields) != list(schema.fields)
             or list(schema.dump_fields) != list(schema.fields)):
         raise _Unsupported
-    steps: list[tuple[str, Convert, Callable[[], Any] | None]] = []
+    steps: list[tuple[str, type, Callable[[Any], Any] | None, Convert,
+                      Callable[[], Any] | None]] = []
     plain = True
     for name, field in schema.fields.items():
         field_convert, field_plain = _field(field, canonical)
         plain = plain and field_plain
-        steps.append((name, field_convert, _absent(field, field_convert)))
+        shape, check = _shape(field)
+        steps.append((name, shape, check, field_convert, _absent(field, field_convert)))
     hooked = hooks[VALIDATES_SCHEMA]
     if hooked and (not plain or any(kw.get("pass_original") for _, _, kw in hooked)):
         raise _Unsupported  # the validators want the loaded data: only here it is the dumped
@@ -93,9 +95,11 @@ def _schema(schema: Schema, canonical: Canonical) -> tuple[Convert, bool]:
         if type(value) is not dict:
             raise NotCanonical
         out: dict[str, Any] = {}
-        for name, convert_field, absent in checked:
+        for name, shape, check, convert_field, absent in checked:
             item = value.get(name, missing)
-            if item is not missing:
+            if type(item) is shape and (check is None or check(item)):
+                out[name] = item  # a scalar, checked here: a call less per field
+            elif item is not missing:
                 out[name] = convert_field(item)
             elif absent is not None:
                 out[name] = absent()
@@ -131,8 +135,7 @@ def _field(field: fields.Field[Any], canonical: Canonical) -> tuple[Convert, boo
     kind = type(field)
     allow_none = field.allow_none
     if kind in _SCALARS and _scalar_ok(field):
-        finite = kind is fields.Float and not cast(fields.Float, field).allow_nan
-        return _scalar(_SCALARS[kind], _check(field), allow_none, finite), True
+        return _scalar(*_shape(field), allow_none), True
     if field.validators:
         raise _Unsupported  # below, the loaded value is not the JSON one the checks see
     if kind in canonical:
@@ -160,13 +163,25 @@ def _scalar_ok(field: fields.Field[Any]) -> bool:
     return True
 
 
-def _scalar(expected: type, check: Callable[[Any], Any] | None, allow_none: bool,
-            finite: bool) -> Convert:
-    isfinite: Callable[[Any], bool] = math.isfinite
+class _Never:
+    """The type of no value: the shape of fields the schemas' loops do not check themselves."""
 
+
+def _shape(field: fields.Field[Any]) -> tuple[type, Callable[[Any], Any] | None]:
+    """For a scalar field, the type its canonical values have and their check (so that a
+    schema's loop checks it without a call to its converter); ``_Never`` for others."""
+    kind = type(field)
+    if kind not in _SCALARS or not _scalar_ok(field):
+        return _Never, None
+    checks = [_predicate(v) for v in field.validators]
+    if kind is fields.Float and not cast(fields.Float, field).allow_nan:
+        checks.append(math.isfinite)  # infinities: JSON's 1e400
+    return _SCALARS[kind], _all(checks)
+
+
+def _scalar(expected: type, check: Callable[[Any], Any] | None, allow_none: bool) -> Convert:
     def convert(value: Any) -> Any:
-        if type(value) is expected and (check is None or check(value)) and (
-                not finite or isfinite(value)):
+        if type(value) is expected and (check is None or check(value)):
             return value
         if value is None and allow_none:
             return None
@@ -231,9 +246,8 @@ def _dict(field: fields.Dict, canonical: Canonical, allow_none: bool) -> tuple[C
     return convert, values_plain
 
 
-def _check(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
-    """One predicate for all of the field's validators (``None``: there are none)."""
-    checks = [_predicate(v) for v in field.validators]
+def _all(checks: list[Callable[[Any], Any]]) -> Callable[[Any], Any] | None:
+    """One predicate for all of ``checks`` (``None``: there are none)."""
     if not checks:
         return None
     if len(checks) == 1:
