@@ -182,8 +182,8 @@ class _Contract(Schema):
 @functools.lru_cache(maxsize=4096)
 def _cell_centre(geohash: str) -> tuple[float, float]:
     """The coarsened centre of a precision-6 cell: every ``referral.submitted`` decode checks
-    one (a third of the CPU of a decode that takes the shortcut), and one city's referrals
-    come from a few thousand cells."""
+    one (it was a quarter of the CPU of a decode that takes the shortcut), and one city's
+    referrals come from a few thousand cells."""
     centre = geo.coarsen(*geo.decode(geohash))
     return centre["lat"], centre["lon"]
 
@@ -678,7 +678,8 @@ _CANONICAL_TIME = re.compile(
 def _is_canonical_time(value: Any) -> bool:
     """``value`` is a time ``UtcDateTime`` loads and dumps back unchanged: ``format_time``'s
     form (UTC with ``Z``, microseconds only when there are some) of a time that exists. A
-    test holds it to ``format_time(parse_time(value)) == value``, a quarter of its CPU."""
+    test holds it to ``format_time(parse_time(value)) == value``, which costs four times
+    the CPU."""
     if type(value) is not str or _CANONICAL_TIME.match(value) is None or \
             value.endswith(".000000Z"):
         return False
