@@ -619,6 +619,11 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
+# One decoder for every message: json.loads with an argument builds a decoder and its
+# scanner per call (a tenth of a decode that takes the shortcut).
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _parse_json(raw: bytes) -> Any:
     if raw is None or not isinstance(raw, (bytes, bytearray, memoryview)):
         raise PoisonMessage("message value is empty or not bytes")
@@ -627,7 +632,9 @@ def _parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise PoisonMessage(f"invalid UTF-8: {error}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # json.loads refuses a byte order mark in its words
+            return json.loads(text, parse_constant=_reject_constant)
+        return _JSON.decode(text)
     except ValueError as error:  # JSONDecodeError and rejected constants
         raise PoisonMessage(f"invalid JSON: {error}") from None
 

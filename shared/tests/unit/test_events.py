@@ -206,6 +206,16 @@ def test_undecodable_bytes_are_poison(raw: bytes) -> None:
         events.decode(raw)
 
 
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xef\xbb\xbf{}", b'{"a": Infinity}',
+                                 b'{"a": -Infinity}', b"[1, 2", b"{} {}", b'"\\ud800', b"\t"])
+def test_invalid_json_is_poison_in_json_loads_words(raw: bytes) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(raw.decode(), parse_constant=events._reject_constant)
+    with pytest.raises(PoisonMessage) as got:
+        events.decode(raw)
+    assert got.value.reason == f"invalid JSON: {expected.value}"
+
+
 @pytest.mark.parametrize("missing", ["id", "type", "version", "source", "time", "subject",
                                      "sequence", "correlation_id", "data"])
 def test_envelope_without_a_required_field_is_poison(missing: str) -> None:
