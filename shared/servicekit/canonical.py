@@ -60,7 +60,7 @@ def compile_schema(schema: Schema, canonical: Canonical | None = None) -> Conver
     ``NotCanonical`` otherwise; ``None`` if ``schema`` uses what this does not know.
     ``canonical`` adds field classes whose loaded value is not JSON (such as a datetime)."""
     try:
-        return _schema(schema, dict(canonical or {}))[0]
+        return _schema(schema, canonical or {})[0]
     except _Unsupported:
         return None
 
