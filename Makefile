@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict shared/servicekit/events.py shared/servicekit/crypto.py shared/servicekit/auth.py shared/servicekit/geo.py
+	$(VENV)/bin/mypy --strict shared/servicekit/events.py shared/servicekit/canonical.py shared/servicekit/crypto.py shared/servicekit/auth.py shared/servicekit/geo.py
 
 clean:
 	rm -rf var test-artifacts

@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from marshmallow import Schema, fields
 
 from servicekit import events, geo
@@ -204,6 +206,16 @@ def test_undecodable_bytes_are_poison(raw: bytes) -> None:
         events.decode(raw)
 
 
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xef\xbb\xbf{}", b'{"a": Infinity}',
+                                 b'{"a": -Infinity}', b"[1, 2", b"{} {}", b'"\\ud800', b"\t"])
+def test_invalid_json_is_poison_in_json_loads_words(raw: bytes) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(raw.decode(), parse_constant=events._reject_constant)
+    with pytest.raises(PoisonMessage) as got:
+        events.decode(raw)
+    assert got.value.reason == f"invalid JSON: {expected.value}"
+
+
 @pytest.mark.parametrize("missing", ["id", "type", "version", "source", "time", "subject",
                                      "sequence", "correlation_id", "data"])
 def test_envelope_without_a_required_field_is_poison(missing: str) -> None:
@@ -335,3 +347,183 @@ def test_personal_data_detector_finds_planted_fields() -> None:
 
     assert events.pii_field_paths(Leaky()) == [
         "given_name", "notes", "contacts.phone_number", "contacts.street_address"]
+
+
+# --- decode's shortcut for canonical events ------------------------------------------------
+UPPER_UUID = REFERRAL_ID.upper()
+ODD_VALUES: list[Any] = [
+    None, "", " ", "x" * 201, 0, 1, 2, -1, 10**20, 0.5, 1.0, 51.51, -0.127, True, False, "1",
+    "true", [], [1], ["veteran"], {}, {"a": 1}, REFERRAL_ID, UPPER_UUID, f"{{{REFERRAL_ID}}}",
+    f"urn:uuid:{REFERRAL_ID}", "housing", "open", "offered", "system", "milestones", "R-7F3K",
+    "R-7F3K\n", "gcpvj0", "gcpvj", "pt-BR", "Europe/London", "Mars/Olympus", "MO", "08:00",
+    "24:00", "2025-03-14", "2025-03-14T09:26:53Z", "2025-03-14T09:26:53.000000Z",
+    "2025-03-14T09:26:53.5Z", "2025-03-14T09:26:53.589000Z", "2025-03-14t09:26:53.589000z",
+    "2025-03-14T11:26:53.589000+02:00", "2025-03-14T09:26:53.123456789Z",
+    "2025-02-30T09:26:53Z", "2025-03-14T09:26:60Z", "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59.999999Z", "referral.erased", "routing.proposed", "__INFINITY__",
+]
+TIMES = ["2025-03-14T09:26:53Z", "2030-01-01T00:00:00.000001Z", "1970-01-01T00:00:00Z"]
+EDGES: dict[str, list[Any]] = {  # values at and just past each key's rule (same in every schema)
+    "need": ["food", "other", "Food"], "urgency": ["emergency", "routine"],
+    "age": [0, 130, None, 131, -1], "age_band": [None, "18-24", "65+", "65"],
+    "gender": [None, "x", "x" * 50, "x" * 51], "flags": [[], ["lgbtq"], ["lgbtq", "vet"]],
+    "preferred_language": [None, "en", "zh-Hant-TW", "e"], "needs_interpreter": [False],
+    "contact_methods": [[], ["email", "in_person"]], "share_with_provider": [False],
+    "referrer_updates": ["none", "full"], "from_status": [None, "accepted"],
+    "reason_code": ["no_capacity", "rerouted"], "outcome_code": ["connected"],
+    "proposal_id": [None, "p", "p" * 200, "p" * 201], "offer": [None],
+    "causation_id": [None, "c-1"], "score": [0.0, -3.5, 1e300],
+    "attempt": [1, 7, 0], "sequence": [1, 2**40, 0], "source": ["m", "m" * 201],
+    "eliminated": [{}, {"x" * 100: 0}, {"": 1}, {"x" * 101: 0}, {"a": -1}],
+    "reasons": [[], [{"code": "c", "text": ""}]], "code": ["x" * 100, "x" * 101],
+    "text": ["é" * 1000, "é" * 1001], "short_id": ["R-ABCD123456", "R-ABCD1234567", "R-abcd"],
+    "organization_id": [None, "o"], "subject": ["s"], "id": [str(uuid.uuid4())],
+    "referral_id": [str(uuid.uuid4())], "time": TIMES, "occurred_at": TIMES,
+    "submitted_at": TIMES, "expires_at": TIMES, "proposed_at": TIMES, "removed_at": TIMES,
+    "due_at": TIMES, "updated_at": TIMES,
+    "lat": [51.5, 90.5], "lon": [-0.13], "geohash": ["gcpvj1"],  # not the cell's centre
+}
+MUTATIONS = st.sampled_from(["delete", "replace", "add", "edge", "edge", "respell", "respell"])
+
+
+def _respellings(value: Any) -> list[Any]:
+    """Values near ``value``: other spellings its field may load (and dump differently),
+    an empty container."""
+    if type(value) in (dict, list):
+        return [type(value)()]
+    if type(value) is bool:
+        return [int(value), str(value).lower(), "yes" if value else "no"]
+    if type(value) is int:
+        return [float(value), str(value), *([True] if value == 1 else [])]
+    if type(value) is float:
+        return [str(value), "__INFINITY__", *([int(value)] if value.is_integer() else [])]
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f-]{36}", value):
+        return [value.upper(), f"{{{value}}}", f"urn:uuid:{value}", value.replace("-", "")]
+    if isinstance(value, str) and events._is_canonical_time(value):
+        when = events.parse_time(value)
+        return [value.lower(), when.astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat(),
+                value.replace("Z", "+00:00"), when.replace(microsecond=0).isoformat()[:-6] +
+                ".000000Z", value[:19] + ".5Z"]
+    return []
+
+
+VALUES = st.one_of(st.sampled_from(ODD_VALUES), st.text(max_size=5), st.integers(),
+                   st.floats(allow_nan=False, allow_infinity=False))
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document: dict keys and list indexes, depth first."""
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    found = [path] if path else []
+    for key, item in items:
+        found += _paths(item, (*path, key))
+    return found
+
+
+@st.composite
+def event_documents(draw: st.DrawFn) -> bytes:
+    """A current event of any known type as ``encode`` gives it, then up to three changes
+    (a key deleted or added, a value at or past the edge of its rule, spelt another way
+    or replaced by an odd one)."""
+    event_type = draw(st.sampled_from(sorted(VALID)))
+    document = json.loads(events.encode(make(event_type)))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
+        action, paths = draw(MUTATIONS), _paths(document)
+        if action == "edge":
+            paths = [path for path in paths if path[-1] in EDGES]
+        *parents, last = draw(st.sampled_from(paths))
+        container = document
+        for key in parents:
+            container = container[key]
+        if action == "delete" and isinstance(container, dict):
+            del container[last]
+        elif action == "edge":
+            container[last] = copy.deepcopy(draw(st.sampled_from(EDGES[last])))
+        elif action == "respell":
+            if respelt := _respellings(container[last]):
+                container[last] = draw(st.sampled_from(respelt))
+        elif action == "add" and isinstance(container, dict):
+            container[draw(st.sampled_from(["extra", "lat", "offer", "name", "", "x" * 101]))] = \
+                draw(VALUES)
+        else:
+            container[last] = copy.deepcopy(draw(VALUES))
+    # JSON's 1e400 parses as an infinite float (the literal Infinity is refused)
+    return json.dumps(document).replace('"__INFINITY__"', "1e400").encode("utf-8")
+
+
+def _exact(value: Any) -> Any:
+    """``value`` with every type and every key order visible to ``==``."""
+    if type(value) is dict:
+        return "dict", [(key, _exact(item)) for key, item in value.items()]
+    if type(value) is list:
+        return "list", [_exact(item) for item in value]
+    return type(value).__name__, repr(value)
+
+
+def _decoded(raw: bytes) -> Any:
+    """What ``decode`` makes of ``raw``, in a form ``==`` compares exactly."""
+    try:
+        env = events.decode(raw)
+    except PoisonMessage as error:
+        return "poison", error.reason
+    except Exception as error:  # noqa: BLE001 - whatever the reference path raises
+        return "raised", type(error).__name__, str(error)
+    return "ok", [(name, _exact(getattr(env, name))) for name in env.__dataclass_fields__]
+
+
+def test_the_shortcut_decodes_every_event_exactly_as_marshmallow_does() -> None:
+    """Same Envelope (data types and key order included), or the same error, with and
+    without ``_decode_canonical``, for current events of every type and changes to them."""
+    taken: list[bool] = []
+    shortcut = events._decode_canonical
+
+    @settings(max_examples=3000, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(event_documents())
+    def agree(raw: bytes) -> None:
+        taken.append(shortcut(json.loads(raw)) is not None)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(events, "_decode_canonical", lambda document: None)
+            want = _decoded(raw)
+        assert _decoded(raw) == want
+
+    agree()
+    assert sum(taken) > 600 and taken.count(False) > 600  # both paths well exercised
+
+
+@pytest.mark.parametrize("event_type", sorted(VALID))
+def test_current_events_take_the_shortcut(event_type: str) -> None:
+    env = make(event_type)
+    fast = events._decode_canonical(json.loads(events.encode(env)))
+    if event_type == "provider.service_upserted":  # its age check wants the loaded form
+        assert fast is None
+    else:
+        assert fast == env
+
+
+def _dumps_back(value: str) -> bool:
+    try:
+        return events.format_time(events.parse_time(value)) == value
+    except (ValueError, OverflowError):
+        return False
+
+
+OFFSETS = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=2)),
+                           dt.timezone(dt.timedelta(hours=-5, minutes=-30))])
+TIME_TEXTS = st.one_of(
+    st.datetimes(timezones=OFFSETS).map(lambda when: when.isoformat()),
+    st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time),
+    st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time).flatmap(
+        lambda text: st.tuples(st.integers(0, len(text)), st.sampled_from("0159:.TZz+-٣ "))
+        .map(lambda edit: text[:edit[0]] + edit[1] + text[edit[0] + 1:])),
+    st.tuples(st.datetimes(timezones=st.just(dt.UTC)).map(events.format_time),
+              st.sampled_from(["", ".", ".000000", ".0", ".5", ".500000", ".123456789"]))
+    .map(lambda parts: parts[0][:19] + parts[1] + "Z"),
+    st.text(alphabet="0123456789-:.TZ", max_size=30))
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(TIME_TEXTS)
+def test_canonical_times_are_exactly_those_that_dump_back_unchanged(text: str) -> None:
+    assert events._is_canonical_time(text) == _dumps_back(text)
