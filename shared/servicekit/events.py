@@ -107,7 +107,10 @@ def parse_time(value: str) -> dt.datetime:
     text = value.upper()
     if not _RFC3339.fullmatch(text):
         raise ValueError(f"not an RFC 3339 date-time with offset: {value!r}")
-    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+    try:
+        return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError(f"outside the years 1-9999 in UTC: {value!r}") from None
 
 
 _INVALID_TIME = "Not an RFC 3339 date-time with a UTC offset."

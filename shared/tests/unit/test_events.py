@@ -229,6 +229,9 @@ def test_envelope_without_a_required_field_is_poison(missing: str) -> None:
     ("field", "value"),
     [("id", "not-a-uuid"), ("version", 0), ("version", "1"), ("sequence", 0),
      ("sequence", True), ("time", "2025-03-14T09:26:53"), ("time", "yesterday"),
+     # valid RFC 3339, but before year 1 / after 9999 in UTC (was an OverflowError, which
+     # stopped the consumer instead of dead-lettering the message)
+     ("time", "0001-01-01T00:00:00+01:00"), ("time", "9999-12-31T23:30:00-01:00"),
      ("subject", ""), ("data", [1]), ("type", 7)],
 )
 def test_envelope_with_an_invalid_field_is_poison(field: str, value: Any) -> None:
@@ -240,6 +243,13 @@ def test_data_failing_its_schema_is_poison() -> None:
     document = json.loads(events.encode(make("referral.status_changed")))
     document["data"]["to_status"] = "teleported"
     with pytest.raises(PoisonMessage, match=names("to_status")):
+        events.decode(as_bytes(document))
+
+
+def test_data_time_outside_utc_years_is_poison() -> None:
+    document = json.loads(events.encode(make("referral.status_changed")))
+    document["data"]["occurred_at"] = "0001-01-01T00:30:00+01:00"
+    with pytest.raises(PoisonMessage, match=names("occurred_at")):
         events.decode(as_bytes(document))
 
 
