@@ -736,8 +736,19 @@ def decode(raw: bytes) -> Envelope:
     unknown major version of a known type, or data failing its schema after upcasting.
     Unknown fields are ignored; unknown event types pass through with data untouched.
     Events already in canonical form take a shortcut (``_decode_canonical``) to the same
-    result; everything else, marshmallow's path.
+    result; everything else, marshmallow's path. Whatever else a message makes the decoding
+    raise (a ``RecursionError`` from JSON nested too deep) is ``PoisonMessage`` too, named by
+    the error's type only: the consumer dead-letters it instead of stopping on it for ever.
     """
+    try:
+        return _decode(raw)
+    except PoisonMessage:
+        raise
+    except Exception as error:  # noqa: BLE001 - a property of the message, whatever it is
+        raise PoisonMessage(f"undecodable: {type(error).__name__}") from None
+
+
+def _decode(raw: bytes) -> Envelope:
     document = _parse_json(raw)
     fast = _decode_canonical(document)
     if fast is not None:

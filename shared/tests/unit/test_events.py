@@ -246,6 +246,11 @@ def test_data_failing_its_schema_is_poison() -> None:
         events.decode(as_bytes(document))
 
 
+def test_json_nested_too_deep_is_poison() -> None:
+    with pytest.raises(PoisonMessage, match="undecodable: RecursionError"):
+        events.decode(b"[" * 100_000 + b"]" * 100_000)
+
+
 def test_data_time_outside_utc_years_is_poison() -> None:
     document = json.loads(events.encode(make("referral.status_changed")))
     document["data"]["occurred_at"] = "0001-01-01T00:30:00+01:00"
