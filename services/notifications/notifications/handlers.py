@@ -14,7 +14,18 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, literal, or_, select, union_all, update
+from sqlalchemy import (
+    String,
+    and_,
+    cast,
+    delete,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from servicekit import events
@@ -104,38 +115,36 @@ def store(session: Session, event_id: str, drafts: list[domain.Draft],
 def store_many(session: Session, batch: list[tuple[str, list[domain.Draft], datetime]],
                options: Options = DEFAULT_OPTIONS) -> int:
     """``store`` of several events' drafts, as (event id, drafts, created at), in three
-    statements at most (recipient look-up, notifications, deliveries); returns how many
-    notifications were new. Drafts already stored for their event are ignored, and so are
-    their deliveries."""
+    statements at most (recipient look-up, notifications, deliveries; on PostgreSQL the
+    last two are one); returns how many notifications were new. Drafts already stored for
+    their event are ignored, and so are their deliveries: each draft's deliveries are
+    worked out before the insert, and written only for the notifications that were new."""
     drafts = [d for _event_id, ds, _now in batch for d in ds]
     if not drafts:
         return 0
     found = _Lookup.of(session, drafts)
-    rows = []
+    rows, targets = [], []
     for event_id, ds, now in batch:
         for d in ds:
             row = {**vars(d), "id": str(uuid.uuid4()), "event_id": event_id,
                    "created_at": now}
             if d.referral_id in found.erased:
                 row["title"] = row["body"] = None  # text of an erased referral is never kept
+            else:
+                targets += [(t, now) for t in found.targets(row, options)]
             rows.append(row)
-    created = {r["id"]: r["created_at"] for r in rows}
-    inserted = bulk.insert_new(
+    return bulk.insert_new_with_children(
         session, notifications, rows,
         conflict=[notifications.c.event_id, notifications.c.recipient_kind,
                   notifications.c.recipient_id, notifications.c.channel],
-        returning=[notifications.c.id, notifications.c.recipient_kind,
-                   notifications.c.recipient_id, notifications.c.referral_id])
-    targets = [(t, created[n.id]) for n in inserted if n.referral_id not in found.erased
-               for t in found.targets(n, options)]
-    bulk.insert_new(session, deliveries, [
-        {"id": str(uuid.uuid4()), "notification_id": nid, "channel": channel,
-         "target_kind": kind, "target_id": target, "status": "pending", "attempt": 0,
-         "retry_base": 0, "next_attempt_at": now, "created_at": now, "updated_at": now}
-        for (nid, channel, kind, target), now in targets],
-        conflict=[deliveries.c.notification_id, deliveries.c.channel, deliveries.c.target_id],
-        returning=[deliveries.c.id])
-    return len(inserted)
+        children=deliveries, child_rows=[
+            {"id": str(uuid.uuid4()), "notification_id": nid, "channel": channel,
+             "target_kind": kind, "target_id": target, "status": "pending", "attempt": 0,
+             "retry_base": 0, "next_attempt_at": now, "created_at": now, "updated_at": now}
+            for (nid, channel, kind, target), now in targets],
+        link=deliveries.c.notification_id,
+        child_conflict=[deliveries.c.notification_id, deliveries.c.channel,
+                        deliveries.c.target_id])
 
 
 @dataclass
@@ -150,33 +159,16 @@ class _Lookup:
 
     @classmethod
     def of(cls, session: Session, drafts: list[domain.Draft]) -> _Lookup:
-        ids = {k: sorted({d.recipient_id for d in drafts if d.recipient_kind == k})
-               for k in domain.RECIPIENT_KINDS}
-        none = literal(None, String)
-        parts = [select(literal("erased"), erased_referrals.c.referral_id, none, none)
-                 .where(bulk.one_of(session, erased_referrals.c.referral_id,
-                                    {d.referral_id for d in drafts}))]
-        if ids["org"]:
-            parts += [select(literal("org"), org_view.c.organization_id, none,
-                             cast(org_view.c.channels, String))
-                      .where(bulk.one_of(session, org_view.c.organization_id, ids["org"])),
-                      select(literal("hook"), webhooks.c.organization_id, webhooks.c.id, none)
-                      .where(bulk.one_of(session, webhooks.c.organization_id, ids["org"]),
-                             webhooks.c.active.is_(True))]
-        who = or_(and_(preferences.c.role == "provider",
-                       bulk.one_of(session, preferences.c.organization_id, ids["org"])),
-                  and_(preferences.c.role == "supervisor",
-                       bulk.one_of(session, preferences.c.agency_id,
-                                   ids["agency_supervisors"])),
-                  bulk.one_of(session, preferences.c.user_id, ids["user"]))
-        parts.append(select(literal("user"), preferences.c.user_id, preferences.c.role,
-                            preferences.c.organization_id, preferences.c.agency_id,
-                            cast(preferences.c.channels, String), preferences.c.email,
-                            preferences.c.sms_number).where(who))
-        width = 8
-        padded = [p.add_columns(*[none] * (width - len(p.selected_columns))) for p in parts]
+        ids: dict[str, set[str]] = {k: set() for k in domain.RECIPIENT_KINDS}
+        for d in drafts:
+            ids[d.recipient_kind].add(d.recipient_id)
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        stmt = bulk.built(("lookup", postgresql), lambda: _lookup_statement(postgresql))
         found = cls(set(), {}, {}, {})
-        for r in session.execute(union_all(*padded)).all():
+        for r in session.execute(stmt, {
+                "referrals": sorted({d.referral_id for d in drafts}),
+                "orgs": sorted(ids["org"]), "agencies": sorted(ids["agency_supervisors"]),
+                "users": sorted(ids["user"])}).all():
             found._add(tuple(r))
         return found
 
@@ -197,21 +189,50 @@ class _Lookup:
                 self.users.setdefault(("agency_supervisors", agency), []).append(user)
             self.users.setdefault(("user", r[1]), []).append(user)
 
-    def targets(self, n: Any, options: Options) -> list[tuple[str, str, str, str]]:
-        """(notification id, channel, target kind, target id) of one new notification."""
+    def targets(self, row: dict[str, Any], options: Options
+                ) -> list[tuple[str, str, str, str]]:
+        """(notification id, channel, target kind, target id) of one notification's row."""
         out: list[tuple[str, str, str, str]] = []
-        if n.recipient_kind == "org":
-            allowed = self.org_channels.get(n.recipient_id)  # None: the directory is silent
+        nid, kind, recipient = row["id"], row["recipient_kind"], row["recipient_id"]
+        if kind == "org":
+            allowed = self.org_channels.get(recipient)  # None: the directory is silent
             if allowed is None or "webhook" in allowed:
-                out += [(n.id, "webhook", "webhook", h) for h in self.hooks.get(n.recipient_id, [])]
+                out += [(nid, "webhook", "webhook", h) for h in self.hooks.get(recipient, [])]
             if allowed is not None and "email" not in allowed:
                 options = Options(email=False, sms=options.sms)
-        for user in self.users.get((n.recipient_kind, n.recipient_id), []):
+        for user in self.users.get((kind, recipient), []):
             if options.email and user.email and "email" in user.channels:
-                out.append((n.id, "email", "user", user.user_id))
+                out.append((nid, "email", "user", user.user_id))
             if options.sms and user.sms and "sms" in user.channels:
-                out.append((n.id, "sms", "user", user.user_id))
+                out.append((nid, "sms", "user", user.user_id))
         return out
+
+
+def _lookup_statement(postgresql: bool) -> Any:
+    """``_Lookup.of``'s query, built once per dialect: the parameters ``referrals``, ``orgs``,
+    ``agencies`` and ``users`` take lists of ids (an empty one matches nothing)."""
+    none = null()
+    orgs = bulk.one_of_param(postgresql, org_view.c.organization_id, "orgs")
+    parts = [
+        select(literal_column("'erased'"), erased_referrals.c.referral_id, none, none)
+        .where(bulk.one_of_param(postgresql, erased_referrals.c.referral_id, "referrals")),
+        select(literal_column("'org'"), org_view.c.organization_id, none,
+               cast(org_view.c.channels, String)).where(orgs),
+        select(literal_column("'hook'"), webhooks.c.organization_id, webhooks.c.id, none)
+        .where(bulk.one_of_param(postgresql, webhooks.c.organization_id, "orgs"),
+               webhooks.c.active.is_(True))]
+    who = or_(and_(preferences.c.role == literal_column("'provider'"),
+                   bulk.one_of_param(postgresql, preferences.c.organization_id, "orgs")),
+              and_(preferences.c.role == literal_column("'supervisor'"),
+                   bulk.one_of_param(postgresql, preferences.c.agency_id, "agencies")),
+              bulk.one_of_param(postgresql, preferences.c.user_id, "users"))
+    parts.append(select(literal_column("'user'"), preferences.c.user_id, preferences.c.role,
+                        preferences.c.organization_id, preferences.c.agency_id,
+                        cast(preferences.c.channels, String), preferences.c.email,
+                        preferences.c.sms_number).where(who))
+    width = 8
+    return union_all(*[p.add_columns(*[none] * (width - len(p.selected_columns)))
+                       for p in parts])
 
 
 @dataclass(frozen=True)

@@ -260,4 +260,25 @@ def test_a_batch_of_offers_takes_a_few_statements_not_a_few_per_event(
     assert stored == {env.id: (d.title, d.body, d.link) for env in envs  # text intact ("—")
                       for d in domain.notifications_for(env.type, env.data)}
     assert sorted(set(hooks)) == ["email", "webhook"] and len(hooks) == 200
-    assert len(writes) <= 8, writes  # inbox 3, reminders, look-up, notifications, deliveries
+    # inbox 3, reminders, look-up, notifications, deliveries; on PostgreSQL the inbox's
+    # first two and the last two are one statement each
+    assert len(writes) <= (5 if db.engine.dialect.name == "postgresql" else 7), writes
+
+
+def test_storing_an_event_again_writes_deliveries_only_for_its_new_notifications(
+        make_db: Callable[[], Database]) -> None:
+    db = make_db()
+    _recipients(db)
+    env = envelope(STATUS, status_changed(to_status="offered", offer_=offer()))
+    (to_org,) = domain.notifications_for(env.type, env.data)
+    to_officer = domain.Draft(**{**vars(to_org), "recipient_kind": "user",
+                                 "recipient_id": OFFICER})
+    with db.transaction() as session:
+        assert handlers.store(session, env.id, [to_org]) == 1
+    with db.transaction() as session:
+        assert handlers.store(session, env.id, [to_org, to_officer]) == 1
+    with db.transaction() as session:
+        assert handlers.store(session, env.id, [to_officer, to_org]) == 0
+    sent = _state(db)["deliveries"]
+    assert sorted((row[2], row[3]) for row in sent) == [
+        (OFFICER, "email"), (ORG, "email"), (ORG, "webhook")]
