@@ -18,7 +18,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ARRAY,
@@ -85,12 +85,13 @@ def _from_rows(table: Table, names: Sequence[str], param: str) -> Any:
 
 def _insert_new(postgresql: bool, table: Table, names: Sequence[str], conflict: Sequence[Any],
                 returning: Sequence[Any]) -> Any:
+    stmt: Any
     if not postgresql:
-        return sqlite.insert(table).on_conflict_do_nothing(
-            index_elements=conflict).returning(*returning)
-    return pg.insert(table).from_select(list(names), _from_rows(table, names, "rows")
-                                        ).on_conflict_do_nothing(index_elements=conflict
-                                                                 ).returning(*returning)
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict)
+    else:
+        stmt = pg.insert(table).from_select(list(names), _from_rows(table, names, "rows")
+                                            ).on_conflict_do_nothing(index_elements=conflict)
+    return stmt.returning(*returning) if returning else stmt
 
 
 def insert_new(session: Session, table: Table, rows: Sequence[dict[str, Any]],
@@ -100,14 +101,36 @@ def insert_new(session: Session, table: Table, rows: Sequence[dict[str, Any]],
     json_to_recordset(:rows)``: fixed text, one parameter."""
     if not rows:
         return []
+    return list(run(session, _insert(session, table, rows, conflict, returning)).all())
+
+
+class Write(NamedTuple):
+    """A statement built once (``key`` names it) and its parameters: an INSERT or UPDATE
+    to ``run`` alone, or on PostgreSQL to send as a CTE of a later statement (``also`` of
+    ``handlers.store_many``) when nothing between them reads what it writes."""
+
+    key: tuple[Any, ...]
+    statement: Any
+    params: Any  # a dict; on SQLite a list of rows for an insert (executemany)
+
+
+def run(session: Session, write: Write) -> Any:
+    return session.execute(write.statement, write.params)
+
+
+def insert_write(session: Session, table: Table, rows: Sequence[dict[str, Any]],
+                 conflict: Sequence[Any]) -> Write:
+    """``insert_new`` of ``rows`` (not empty), returning nothing, as a ``Write``."""
+    return _insert(session, table, rows, conflict, ())
+
+
+def _insert(session: Session, table: Table, rows: Sequence[dict[str, Any]],
+            conflict: Sequence[Any], returning: Sequence[Any]) -> Write:
     postgresql = _postgres(session)
     names = tuple(rows[0])
-    stmt = built(("insert_new", postgresql, table.name, names, _names(conflict),
-                  _names(returning)),
-                 lambda: _insert_new(postgresql, table, names, conflict, returning))
-    if not postgresql:
-        return list(session.execute(stmt, list(rows)).all())
-    return list(session.execute(stmt, {"rows": _json(rows)}).all())
+    key = ("insert_new", postgresql, table.name, names, _names(conflict), _names(returning))
+    stmt = built(key, lambda: _insert_new(postgresql, table, names, conflict, returning))
+    return Write(key, stmt, {"rows": _json(rows)} if postgresql else list(rows))
 
 
 def insert_new_with_children(session: Session, table: Table, rows: Sequence[dict[str, Any]],

@@ -91,18 +91,18 @@ def on_referral_events(session: Session, envs: list[events.Envelope],
     """``on_referral_event`` for each of ``envs`` in order, set-based, whatever the number of
     events: the refusals (a read and an insert, only when some event records one), the
     reminders (one statement per stretch of schedulings or of cancellations, so they keep
-    the events' order), then ``store_many``. Refusal counts are those each event would see
-    handled alone."""
+    the events' order; the last one goes with ``store_many``'s look-up), then
+    ``store_many``. Refusal counts are those each event would see handled alone."""
     changes = [(i, env.data) for i, env in enumerate(envs)
                if env.type == events.REFERRAL_STATUS_CHANGED]
     refusals = _record_refusals(session, changes)
-    _track_reminders(session, [data for _i, data in changes])
+    last = _track_reminders(session, [data for _i, data in changes])
     batch = []
     for i, env in enumerate(envs):
         drafts = domain.notifications_for(env.type, env.data, refusals=refusals.get(i, 0))
         if drafts:
             batch.append((env.id, drafts, _now()))  # each event's own time: feeds keep order
-    store_many(session, batch, options)
+    store_many(session, batch, options, also=last)
 
 
 def store(session: Session, event_id: str, drafts: list[domain.Draft],
@@ -113,16 +113,20 @@ def store(session: Session, event_id: str, drafts: list[domain.Draft],
 
 
 def store_many(session: Session, batch: list[tuple[str, list[domain.Draft], datetime]],
-               options: Options = DEFAULT_OPTIONS) -> int:
+               options: Options = DEFAULT_OPTIONS, also: bulk.Write | None = None) -> int:
     """``store`` of several events' drafts, as (event id, drafts, created at), in three
     statements at most (recipient look-up, notifications, deliveries; on PostgreSQL the
     last two are one); returns how many notifications were new. Drafts already stored for
     their event are ignored, and so are their deliveries: each draft's deliveries are
-    worked out before the insert, and written only for the notifications that were new."""
+    worked out before the insert, and written only for the notifications that were new.
+    ``also``: a write of other tables (the reminders), run first; on PostgreSQL it is a CTE
+    of the look-up, one statement fewer."""
     drafts = [d for _event_id, ds, _now in batch for d in ds]
     if not drafts:
+        if also is not None:
+            bulk.run(session, also)
         return 0
-    found = _Lookup.of(session, drafts)
+    found = _Lookup.of(session, drafts, also)
     rows, targets = [], []
     for event_id, ds, now in batch:
         for d in ds:
@@ -158,17 +162,27 @@ class _Lookup:
     users: dict[tuple[str, str], list[Any]]
 
     @classmethod
-    def of(cls, session: Session, drafts: list[domain.Draft]) -> _Lookup:
+    def of(cls, session: Session, drafts: list[domain.Draft],
+           also: bulk.Write | None = None) -> _Lookup:
+        """The look-up; ``also`` (a write of none of the looked-up tables) runs first, on
+        PostgreSQL in the same statement."""
         ids: dict[str, set[str]] = {k: set() for k in domain.RECIPIENT_KINDS}
         for d in drafts:
             ids[d.recipient_kind].add(d.recipient_id)
+        params = {"referrals": sorted({d.referral_id for d in drafts}),
+                  "orgs": sorted(ids["org"]), "agencies": sorted(ids["agency_supervisors"]),
+                  "users": sorted(ids["user"])}
         postgresql = session.get_bind().dialect.name == "postgresql"
-        stmt = bulk.built(("lookup", postgresql), lambda: _lookup_statement(postgresql))
+        if also is not None and postgresql:
+            stmt = bulk.built(("lookup", postgresql, also.key), lambda: _lookup_statement(
+                postgresql).add_cte(also.statement.cte("also")))
+            params.update(also.params)
+        else:
+            if also is not None:
+                bulk.run(session, also)
+            stmt = bulk.built(("lookup", postgresql), lambda: _lookup_statement(postgresql))
         found = cls(set(), {}, {}, {})
-        for r in session.execute(stmt, {
-                "referrals": sorted({d.referral_id for d in drafts}),
-                "orgs": sorted(ids["org"]), "agencies": sorted(ids["agency_supervisors"]),
-                "users": sorted(ids["user"])}).all():
+        for r in session.execute(stmt, params).all():
             found._add(tuple(r))
         return found
 
@@ -271,10 +285,11 @@ def _record_refusals(session: Session, changes: list[tuple[int, Any]]) -> dict[i
     return counts
 
 
-def _track_reminders(session: Session, changes: list[Any]) -> None:
+def _track_reminders(session: Session, changes: list[Any]) -> bulk.Write | None:
     """Schedule the 75 % reminder of each new open offer; cancel it once the offer is
     answered or the referral ends. In the changes' order: each stretch of schedulings is
-    one insert, each stretch of cancellations one update."""
+    one insert, each stretch of cancellations one update. The last stretch's is returned,
+    not run: the caller runs it (nothing else the handler does reads the reminders)."""
     ops: list[tuple[str, Any]] = []
     for data in changes:
         offer = data.get("offer")
@@ -290,17 +305,31 @@ def _track_reminders(session: Session, changes: list[Any]) -> None:
             ops.append(("cancel", ("referral", data["referral_id"])))
         elif offer and offer["status"] != "open":
             ops.append(("cancel", ("offer", offer["offer_id"])))
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    writes = []
     for what, stretch in groupby(ops, key=lambda op: op[0]):
         items = [item for _what, item in stretch]
         if what == "schedule":
-            bulk.insert_new(session, offer_reminders, items,
-                            conflict=[offer_reminders.c.offer_id],
-                            returning=[offer_reminders.c.offer_id])
+            writes.append(bulk.insert_write(session, offer_reminders, items,
+                                            conflict=[offer_reminders.c.offer_id]))
             continue
-        by = {"referral": offer_reminders.c.referral_id, "offer": offer_reminders.c.offer_id}
-        _cancel_reminders(session, or_(*[
-            bulk.one_of(session, column, [v for k, v in items if k == kind])
-            for kind, column in by.items() if any(k == kind for k, _v in items)]))
+        key = ("cancel_reminders", postgresql)
+        writes.append(bulk.Write(key, bulk.built(key, lambda: _cancel_statement(postgresql)), {
+            "cancel_referrals": [v for k, v in items if k == "referral"],
+            "cancel_offers": [v for k, v in items if k == "offer"]}))
+    for write in writes[:-1]:
+        bulk.run(session, write)
+    return writes[-1] if writes else None
+
+
+def _cancel_statement(postgresql: bool) -> Any:
+    """``_track_reminders``' cancellation of the pending reminders of the referrals
+    ``cancel_referrals`` and of the offers ``cancel_offers`` (lists; either may be empty)."""
+    return update(offer_reminders).where(
+        or_(bulk.one_of_param(postgresql, offer_reminders.c.referral_id, "cancel_referrals"),
+            bulk.one_of_param(postgresql, offer_reminders.c.offer_id, "cancel_offers")),
+        offer_reminders.c.status == literal_column("'pending'"),
+    ).values(status=literal_column("'cancelled'"))
 
 
 def _cancel_reminders(session: Session, cond: Any) -> None:
