@@ -8,7 +8,7 @@ encoded and handed to ``ConsumerRunner.process_batch`` in polls of BATCH records
 mixes new referrals' submissions with earlier referrals' offers, as the pipeline does).
 Needs PostgreSQL on 127.0.0.1:5432; no broker.
 
-    .venv/bin/python bench/cost_notifications.py   # BATCHES=40 BATCH=50 RUNS=5 PROFILE=1
+    .venv/bin/python bench/cost_notifications.py   # BATCHES=40 BATCH=50 RUNS=5 LAG=25 PROFILE=1
 
 Each run handles BATCHES fresh polls; the figures are the medians of RUNS runs.
 PROFILE=1 prints a cProfile of one more run timed by CPU (``process_time``).
@@ -37,6 +37,7 @@ from servicekit.db import Database, run_migrations
 BATCHES = int(os.environ.get("BATCHES", "40"))
 BATCH = int(os.environ.get("BATCH", "50"))
 RUNS = int(os.environ.get("RUNS", "5"))
+LAG = int(os.environ.get("LAG", "25"))  # referrals between a submission and its offer
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ORGS = [str(uuid.uuid4()) for _ in range(4)]
 AGENCY, OFFICER = "metro-pd", "b" * 43  # a blind index is 43 url-safe base64 characters
@@ -75,27 +76,22 @@ def _offered(rid: str, org: str, now: str, expires: str) -> events.Envelope:
 
 
 def polls(batches: int) -> list[list[Any]]:
-    """``batches`` polls of BATCH records: in each, half the referrals are new (submitted)
-    and half are offers to the referrals submitted one poll earlier."""
+    """``batches`` polls of BATCH records from a stream where each referral submitted is
+    offered LAG referrals later (so a poll mixes new referrals' submissions with earlier
+    referrals' offers, as in the pipeline, whatever BATCH is, 1 included)."""
     now = datetime.now(UTC)
     at, expires = events.format_time(now), events.format_time(now + timedelta(hours=2))
-    half = BATCH // 2
-    waiting = [str(uuid.uuid4()) for _ in range(half)]
-    out, offset = [], 0
-    for _ in range(batches):
-        fresh = [str(uuid.uuid4()) for _ in range(half)]
-        envs = []
-        for i in range(half):
-            envs.append(_submitted(fresh[i], at))
-            envs.append(_offered(waiting[i], ORGS[i % len(ORGS)], at, expires))
-        records = []
-        for env in envs:
-            records.append(SimpleNamespace(topic=env.topic, partition=0, offset=offset,
-                                           key=env.key, value=events.encode(env), headers=[]))
-            offset += 1
-        out.append(records)
-        waiting = fresh
-    return out
+    waiting = [str(uuid.uuid4()) for _ in range(LAG)]
+    stream: list[events.Envelope] = []
+    while len(stream) < batches * BATCH:
+        fresh = str(uuid.uuid4())
+        stream.append(_submitted(fresh, at))
+        stream.append(_offered(waiting.pop(0), ORGS[len(stream) % len(ORGS)], at, expires))
+        waiting.append(fresh)
+    records = [SimpleNamespace(topic=env.topic, partition=0, offset=offset, key=env.key,
+                               value=events.encode(env), headers=[])
+               for offset, env in enumerate(stream[:batches * BATCH])]
+    return [records[i:i + BATCH] for i in range(0, len(records), BATCH)]
 
 
 def _recipients(db: Database) -> None:
