@@ -241,6 +241,44 @@ def test_batched_claims_match_claims_one_at_a_time(make_db: Callable[[], Databas
         assert last[("many", source, subject)] == last[("one", source, subject)]
 
 
+def test_batched_claims_of_distinct_aggregates_match_claims_one_at_a_time(
+        make_db: Callable[[], Database]) -> None:
+    """The usual poll, no two events of one aggregate: on PostgreSQL claimed by one
+    statement (``claim``'s own), with the same verdicts and sequences."""
+    db = make_db()
+    a, b, c, d, e = (str(uuid.uuid4()) for _ in range(5))
+
+    def erased(subject: str, sequence: int, source: str = "referral-intake"
+               ) -> events.Envelope:
+        return envelope(events.REFERRAL_ERASED, {"referral_id": subject,
+                                                 "occurred_at": "2026-03-03T00:00:00Z"},
+                        sequence, source=source)
+
+    seen, later = erased(a, 2), erased(e, 2)
+    with db.transaction() as session:
+        for name in ("one", "many"):
+            assert [inbox.claim(session, name, env) for env in (seen, erased(b, 3), later)
+                    ] == [True, True, True]
+    new = erased(c, 1)
+    envs = [seen, erased(b, 3), new, new, erased(d, 5, source="other-source"), erased(e, 4)]
+    statements: list[str] = []
+    with db.transaction() as session:
+        one = [inbox.claim(session, "one", env) for env in envs]
+        event.listen(db.engine, "before_cursor_execute",
+                     lambda _c, _cur, sql, *_: statements.append(sql))
+        many = inbox.claim_many(session, "many", envs)
+    assert one == [False, False, True, False, True, True]
+    assert many == one
+    assert len(statements) == (1 if db.engine.dialect.name == "postgresql" else 3)
+    rows = metadata.tables["aggregate_sequence"]
+    with db.engine.connect() as conn:
+        last: dict[str, dict[tuple[str, str], int]] = {"one": {}, "many": {}}
+        for r in conn.execute(select(rows)):
+            last[r.consumer][(r.source, r.subject)] = r.last_sequence
+    assert last["many"] == last["one"]
+    assert last["one"][("referral-intake", e)] == 4
+
+
 def test_a_batch_of_offers_takes_a_few_statements_not_a_few_per_event(
         make_db: Callable[[], Database]) -> None:
     db = make_db()
