@@ -182,7 +182,7 @@ class _Lookup:
                 bulk.run(session, also)
             stmt = bulk.built(("lookup", postgresql), lambda: _lookup_statement(postgresql))
         found = cls(set(), {}, {}, {})
-        for r in session.execute(stmt, params).all():
+        for r in session.connection().execute(stmt, params).all():
             found._add(tuple(r))
         return found
 
