@@ -51,7 +51,7 @@ def claim_many(session: Session, consumer: str, envs: Sequence[Envelope]) -> lis
     recorded events at sequence 0 (no event has sequence 0), locks them all in key order
     and returns their last sequences; one upsert of the newest accepted sequences. On
     PostgreSQL, when no two of the distinct events are of one aggregate (the usual poll),
-    ``claim``'s own statement for all of them at once: one in all.
+    one statement in all: ``claim``'s, for all of them at once.
 
     The verdicts are those of calling ``claim`` on each event in turn: a repeated event id is
     a duplicate after its first occurrence, and an event is stale unless its sequence is
