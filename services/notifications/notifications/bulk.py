@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -55,14 +55,6 @@ def built(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         with _LOCK:
             found = _BUILT.setdefault(key, build())
     return found
-
-
-def one_of(session: Session, column_: Any, values: Iterable[str]) -> ColumnElement[bool]:
-    """``column IN values``: on PostgreSQL ``= ANY(array)``, one parameter."""
-    values = sorted(set(values))
-    if _postgres(session):
-        return column_ == any_(bindparam(None, values, type_=ARRAY(String)))  # type: ignore[no-any-return]
-    return column_.in_(values)  # type: ignore[no-any-return]
 
 
 def one_of_param(postgresql: bool, column_: Any, name: str) -> ColumnElement[bool]:

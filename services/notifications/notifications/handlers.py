@@ -266,10 +266,13 @@ def _record_refusals(session: Session, changes: list[tuple[int, Any]]) -> dict[i
         return {}
     referral_ids = sorted({data["referral_id"] for _i, data in mine})
     offer_ids = sorted({data["offer"]["offer_id"] for _i, data in mine})
-    known = dict(session.execute(
-        select(offer_refusals.c.offer_id, offer_refusals.c.referral_id).where(or_(
-            bulk.one_of(session, offer_refusals.c.referral_id, referral_ids),
-            bulk.one_of(session, offer_refusals.c.offer_id, offer_ids)))).all())
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    stmt = bulk.built(("refusals", postgresql), lambda: select(
+        offer_refusals.c.offer_id, offer_refusals.c.referral_id).where(or_(
+            bulk.one_of_param(postgresql, offer_refusals.c.referral_id, "referrals"),
+            bulk.one_of_param(postgresql, offer_refusals.c.offer_id, "offers"))))
+    known = dict(session.connection().execute(
+        stmt, {"referrals": referral_ids, "offers": offer_ids}).all())
     per_referral = Counter(known.values())
     new, counts = [], {}
     for i, data in mine:
