@@ -226,12 +226,12 @@ def _lookup_statement(postgresql: bool) -> Any:
     """``_Lookup.of``'s query, built once per dialect: the parameters ``referrals``, ``orgs``,
     ``agencies`` and ``users`` take lists of ids (an empty one matches nothing)."""
     none = null()
-    orgs = bulk.one_of_param(postgresql, org_view.c.organization_id, "orgs")
     parts = [
         select(literal_column("'erased'"), erased_referrals.c.referral_id, none, none)
         .where(bulk.one_of_param(postgresql, erased_referrals.c.referral_id, "referrals")),
         select(literal_column("'org'"), org_view.c.organization_id, none,
-               cast(org_view.c.channels, String)).where(orgs),
+               cast(org_view.c.channels, String))
+        .where(bulk.one_of_param(postgresql, org_view.c.organization_id, "orgs")),
         select(literal_column("'hook'"), webhooks.c.organization_id, webhooks.c.id, none)
         .where(bulk.one_of_param(postgresql, webhooks.c.organization_id, "orgs"),
                webhooks.c.active.is_(True))]
