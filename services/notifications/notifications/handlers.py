@@ -14,7 +14,18 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, literal, or_, select, union_all, update
+from sqlalchemy import (
+    String,
+    and_,
+    cast,
+    delete,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from servicekit import events
@@ -80,18 +91,18 @@ def on_referral_events(session: Session, envs: list[events.Envelope],
     """``on_referral_event`` for each of ``envs`` in order, set-based, whatever the number of
     events: the refusals (a read and an insert, only when some event records one), the
     reminders (one statement per stretch of schedulings or of cancellations, so they keep
-    the events' order), then ``store_many``. Refusal counts are those each event would see
-    handled alone."""
+    the events' order; the last one goes with ``store_many``'s look-up), then
+    ``store_many``. Refusal counts are those each event would see handled alone."""
     changes = [(i, env.data) for i, env in enumerate(envs)
                if env.type == events.REFERRAL_STATUS_CHANGED]
     refusals = _record_refusals(session, changes)
-    _track_reminders(session, [data for _i, data in changes])
+    last = _track_reminders(session, [data for _i, data in changes])
     batch = []
     for i, env in enumerate(envs):
         drafts = domain.notifications_for(env.type, env.data, refusals=refusals.get(i, 0))
         if drafts:
             batch.append((env.id, drafts, _now()))  # each event's own time: feeds keep order
-    store_many(session, batch, options)
+    store_many(session, batch, options, also=last)
 
 
 def store(session: Session, event_id: str, drafts: list[domain.Draft],
@@ -102,40 +113,42 @@ def store(session: Session, event_id: str, drafts: list[domain.Draft],
 
 
 def store_many(session: Session, batch: list[tuple[str, list[domain.Draft], datetime]],
-               options: Options = DEFAULT_OPTIONS) -> int:
+               options: Options = DEFAULT_OPTIONS, also: bulk.Write | None = None) -> int:
     """``store`` of several events' drafts, as (event id, drafts, created at), in three
-    statements at most (recipient look-up, notifications, deliveries); returns how many
-    notifications were new. Drafts already stored for their event are ignored, and so are
-    their deliveries."""
+    statements at most (recipient look-up, notifications, deliveries; on PostgreSQL the
+    last two are one); returns how many notifications were new. Drafts already stored for
+    their event are ignored, and so are their deliveries: each draft's deliveries are
+    worked out before the insert, and written only for the notifications that were new.
+    ``also``: a write of other tables (the reminders), run first; on PostgreSQL it is a CTE
+    of the look-up, one statement fewer."""
     drafts = [d for _event_id, ds, _now in batch for d in ds]
     if not drafts:
+        if also is not None:
+            bulk.run(session, also)
         return 0
-    found = _Lookup.of(session, drafts)
-    rows = []
+    found = _Lookup.of(session, drafts, also)
+    rows, targets = [], []
     for event_id, ds, now in batch:
         for d in ds:
             row = {**vars(d), "id": str(uuid.uuid4()), "event_id": event_id,
                    "created_at": now}
             if d.referral_id in found.erased:
                 row["title"] = row["body"] = None  # text of an erased referral is never kept
+            else:
+                targets += [(t, now) for t in found.targets(row, options)]
             rows.append(row)
-    created = {r["id"]: r["created_at"] for r in rows}
-    inserted = bulk.insert_new(
+    return bulk.insert_new_with_children(
         session, notifications, rows,
         conflict=[notifications.c.event_id, notifications.c.recipient_kind,
                   notifications.c.recipient_id, notifications.c.channel],
-        returning=[notifications.c.id, notifications.c.recipient_kind,
-                   notifications.c.recipient_id, notifications.c.referral_id])
-    targets = [(t, created[n.id]) for n in inserted if n.referral_id not in found.erased
-               for t in found.targets(n, options)]
-    bulk.insert_new(session, deliveries, [
-        {"id": str(uuid.uuid4()), "notification_id": nid, "channel": channel,
-         "target_kind": kind, "target_id": target, "status": "pending", "attempt": 0,
-         "retry_base": 0, "next_attempt_at": now, "created_at": now, "updated_at": now}
-        for (nid, channel, kind, target), now in targets],
-        conflict=[deliveries.c.notification_id, deliveries.c.channel, deliveries.c.target_id],
-        returning=[deliveries.c.id])
-    return len(inserted)
+        children=deliveries, child_rows=[
+            {"id": str(uuid.uuid4()), "notification_id": nid, "channel": channel,
+             "target_kind": kind, "target_id": target, "status": "pending", "attempt": 0,
+             "retry_base": 0, "next_attempt_at": now, "created_at": now, "updated_at": now}
+            for (nid, channel, kind, target), now in targets],
+        link=deliveries.c.notification_id,
+        child_conflict=[deliveries.c.notification_id, deliveries.c.channel,
+                        deliveries.c.target_id])
 
 
 @dataclass
@@ -149,34 +162,27 @@ class _Lookup:
     users: dict[tuple[str, str], list[Any]]
 
     @classmethod
-    def of(cls, session: Session, drafts: list[domain.Draft]) -> _Lookup:
-        ids = {k: sorted({d.recipient_id for d in drafts if d.recipient_kind == k})
-               for k in domain.RECIPIENT_KINDS}
-        none = literal(None, String)
-        parts = [select(literal("erased"), erased_referrals.c.referral_id, none, none)
-                 .where(bulk.one_of(session, erased_referrals.c.referral_id,
-                                    {d.referral_id for d in drafts}))]
-        if ids["org"]:
-            parts += [select(literal("org"), org_view.c.organization_id, none,
-                             cast(org_view.c.channels, String))
-                      .where(bulk.one_of(session, org_view.c.organization_id, ids["org"])),
-                      select(literal("hook"), webhooks.c.organization_id, webhooks.c.id, none)
-                      .where(bulk.one_of(session, webhooks.c.organization_id, ids["org"]),
-                             webhooks.c.active.is_(True))]
-        who = or_(and_(preferences.c.role == "provider",
-                       bulk.one_of(session, preferences.c.organization_id, ids["org"])),
-                  and_(preferences.c.role == "supervisor",
-                       bulk.one_of(session, preferences.c.agency_id,
-                                   ids["agency_supervisors"])),
-                  bulk.one_of(session, preferences.c.user_id, ids["user"]))
-        parts.append(select(literal("user"), preferences.c.user_id, preferences.c.role,
-                            preferences.c.organization_id, preferences.c.agency_id,
-                            cast(preferences.c.channels, String), preferences.c.email,
-                            preferences.c.sms_number).where(who))
-        width = 8
-        padded = [p.add_columns(*[none] * (width - len(p.selected_columns))) for p in parts]
+    def of(cls, session: Session, drafts: list[domain.Draft],
+           also: bulk.Write | None = None) -> _Lookup:
+        """The look-up; ``also`` (a write of none of the looked-up tables) runs first, on
+        PostgreSQL in the same statement."""
+        ids: dict[str, set[str]] = {k: set() for k in domain.RECIPIENT_KINDS}
+        for d in drafts:
+            ids[d.recipient_kind].add(d.recipient_id)
+        params = {"referrals": sorted({d.referral_id for d in drafts}),
+                  "orgs": sorted(ids["org"]), "agencies": sorted(ids["agency_supervisors"]),
+                  "users": sorted(ids["user"])}
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        if also is not None and postgresql:
+            stmt = bulk.built(("lookup", postgresql, also.key), lambda: _lookup_statement(
+                postgresql).add_cte(also.statement.cte("also")))
+            params.update(also.params)
+        else:
+            if also is not None:
+                bulk.run(session, also)
+            stmt = bulk.built(("lookup", postgresql), lambda: _lookup_statement(postgresql))
         found = cls(set(), {}, {}, {})
-        for r in session.execute(union_all(*padded)).all():
+        for r in session.connection().execute(stmt, params).all():
             found._add(tuple(r))
         return found
 
@@ -197,21 +203,50 @@ class _Lookup:
                 self.users.setdefault(("agency_supervisors", agency), []).append(user)
             self.users.setdefault(("user", r[1]), []).append(user)
 
-    def targets(self, n: Any, options: Options) -> list[tuple[str, str, str, str]]:
-        """(notification id, channel, target kind, target id) of one new notification."""
+    def targets(self, row: dict[str, Any], options: Options
+                ) -> list[tuple[str, str, str, str]]:
+        """(notification id, channel, target kind, target id) of one notification's row."""
         out: list[tuple[str, str, str, str]] = []
-        if n.recipient_kind == "org":
-            allowed = self.org_channels.get(n.recipient_id)  # None: the directory is silent
+        nid, kind, recipient = row["id"], row["recipient_kind"], row["recipient_id"]
+        if kind == "org":
+            allowed = self.org_channels.get(recipient)  # None: the directory is silent
             if allowed is None or "webhook" in allowed:
-                out += [(n.id, "webhook", "webhook", h) for h in self.hooks.get(n.recipient_id, [])]
+                out += [(nid, "webhook", "webhook", h) for h in self.hooks.get(recipient, [])]
             if allowed is not None and "email" not in allowed:
                 options = Options(email=False, sms=options.sms)
-        for user in self.users.get((n.recipient_kind, n.recipient_id), []):
+        for user in self.users.get((kind, recipient), []):
             if options.email and user.email and "email" in user.channels:
-                out.append((n.id, "email", "user", user.user_id))
+                out.append((nid, "email", "user", user.user_id))
             if options.sms and user.sms and "sms" in user.channels:
-                out.append((n.id, "sms", "user", user.user_id))
+                out.append((nid, "sms", "user", user.user_id))
         return out
+
+
+def _lookup_statement(postgresql: bool) -> Any:
+    """``_Lookup.of``'s query, built once per dialect: the parameters ``referrals``, ``orgs``,
+    ``agencies`` and ``users`` take lists of ids (an empty one matches nothing)."""
+    none = null()
+    parts = [
+        select(literal_column("'erased'"), erased_referrals.c.referral_id, none, none)
+        .where(bulk.one_of_param(postgresql, erased_referrals.c.referral_id, "referrals")),
+        select(literal_column("'org'"), org_view.c.organization_id, none,
+               cast(org_view.c.channels, String))
+        .where(bulk.one_of_param(postgresql, org_view.c.organization_id, "orgs")),
+        select(literal_column("'hook'"), webhooks.c.organization_id, webhooks.c.id, none)
+        .where(bulk.one_of_param(postgresql, webhooks.c.organization_id, "orgs"),
+               webhooks.c.active.is_(True))]
+    who = or_(and_(preferences.c.role == literal_column("'provider'"),
+                   bulk.one_of_param(postgresql, preferences.c.organization_id, "orgs")),
+              and_(preferences.c.role == literal_column("'supervisor'"),
+                   bulk.one_of_param(postgresql, preferences.c.agency_id, "agencies")),
+              bulk.one_of_param(postgresql, preferences.c.user_id, "users"))
+    parts.append(select(literal_column("'user'"), preferences.c.user_id, preferences.c.role,
+                        preferences.c.organization_id, preferences.c.agency_id,
+                        cast(preferences.c.channels, String), preferences.c.email,
+                        preferences.c.sms_number).where(who))
+    width = 8
+    return union_all(*[p.add_columns(*[none] * (width - len(p.selected_columns)))
+                       for p in parts])
 
 
 @dataclass(frozen=True)
@@ -231,10 +266,13 @@ def _record_refusals(session: Session, changes: list[tuple[int, Any]]) -> dict[i
         return {}
     referral_ids = sorted({data["referral_id"] for _i, data in mine})
     offer_ids = sorted({data["offer"]["offer_id"] for _i, data in mine})
-    known = dict(session.execute(
-        select(offer_refusals.c.offer_id, offer_refusals.c.referral_id).where(or_(
-            bulk.one_of(session, offer_refusals.c.referral_id, referral_ids),
-            bulk.one_of(session, offer_refusals.c.offer_id, offer_ids)))).all())
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    stmt = bulk.built(("refusals", postgresql), lambda: select(
+        offer_refusals.c.offer_id, offer_refusals.c.referral_id).where(or_(
+            bulk.one_of_param(postgresql, offer_refusals.c.referral_id, "referrals"),
+            bulk.one_of_param(postgresql, offer_refusals.c.offer_id, "offers"))))
+    known = dict(session.connection().execute(
+        stmt, {"referrals": referral_ids, "offers": offer_ids}).all())
     per_referral = Counter(known.values())
     new, counts = [], {}
     for i, data in mine:
@@ -250,10 +288,11 @@ def _record_refusals(session: Session, changes: list[tuple[int, Any]]) -> dict[i
     return counts
 
 
-def _track_reminders(session: Session, changes: list[Any]) -> None:
+def _track_reminders(session: Session, changes: list[Any]) -> bulk.Write | None:
     """Schedule the 75 % reminder of each new open offer; cancel it once the offer is
     answered or the referral ends. In the changes' order: each stretch of schedulings is
-    one insert, each stretch of cancellations one update."""
+    one insert, each stretch of cancellations one update. The last stretch's is returned,
+    not run: the caller runs it (nothing else the handler does reads the reminders)."""
     ops: list[tuple[str, Any]] = []
     for data in changes:
         offer = data.get("offer")
@@ -269,17 +308,31 @@ def _track_reminders(session: Session, changes: list[Any]) -> None:
             ops.append(("cancel", ("referral", data["referral_id"])))
         elif offer and offer["status"] != "open":
             ops.append(("cancel", ("offer", offer["offer_id"])))
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    writes = []
     for what, stretch in groupby(ops, key=lambda op: op[0]):
         items = [item for _what, item in stretch]
         if what == "schedule":
-            bulk.insert_new(session, offer_reminders, items,
-                            conflict=[offer_reminders.c.offer_id],
-                            returning=[offer_reminders.c.offer_id])
+            writes.append(bulk.insert_write(session, offer_reminders, items,
+                                            conflict=[offer_reminders.c.offer_id]))
             continue
-        by = {"referral": offer_reminders.c.referral_id, "offer": offer_reminders.c.offer_id}
-        _cancel_reminders(session, or_(*[
-            bulk.one_of(session, column, [v for k, v in items if k == kind])
-            for kind, column in by.items() if any(k == kind for k, _v in items)]))
+        key = ("cancel_reminders", postgresql)
+        writes.append(bulk.Write(key, bulk.built(key, lambda: _cancel_statement(postgresql)), {
+            "cancel_referrals": [v for k, v in items if k == "referral"],
+            "cancel_offers": [v for k, v in items if k == "offer"]}))
+    for write in writes[:-1]:
+        bulk.run(session, write)
+    return writes[-1] if writes else None
+
+
+def _cancel_statement(postgresql: bool) -> Any:
+    """``_track_reminders``' cancellation of the pending reminders of the referrals
+    ``cancel_referrals`` and of the offers ``cancel_offers`` (lists; either may be empty)."""
+    return update(offer_reminders).where(
+        or_(bulk.one_of_param(postgresql, offer_reminders.c.referral_id, "cancel_referrals"),
+            bulk.one_of_param(postgresql, offer_reminders.c.offer_id, "cancel_offers")),
+        offer_reminders.c.status == literal_column("'pending'"),
+    ).values(status=literal_column("'cancelled'"))
 
 
 def _cancel_reminders(session: Session, cond: Any) -> None:
