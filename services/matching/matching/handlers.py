@@ -106,11 +106,11 @@ def on_referrals_submitted(session: Session, envs: list[events.Envelope],
                            policy: Policy = DEFAULT_POLICY) -> None:
     """``on_referral_submitted`` for each of ``envs`` in turn, with the reads and writes of
     the run shared: the referrals stored in one statement, their candidates, load and tried
-    services read in one (``_looked_up``), each decided in order (seeing the places
-    the earlier ones chose), the chosen places reserved together (``decide.Held``: if
-    another worker filled one meanwhile, the run is rolled back and the runner handles
-    its events one at a time), then every decision recorded together (``decide.record_many``), each event
-    with the correlation and causation the runner gives its submission alone."""
+    services read in one (``_looked_up``), each decided in order (seeing the places the
+    earlier ones chose), the chosen places reserved together (``decide.Held``: if another
+    worker filled one meanwhile, the run is rolled back and the runner handles its events
+    one at a time), then every decision recorded together (``decide.record_many``), each
+    event with the correlation and causation the runner gives its submission alone."""
     rows = [_referral_row(env.data, _now()) for env in envs]
     stored = tables.insert_referrals(session, rows)
     new = []  # per submission: the first of a referral just stored (a second is known by then)
