@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from servicekit import events, logs, outbox
 
 from . import directory, domain, tables
-from .index import DirectoryIndex
+from .index import DirectoryIndex, Found
 from .tables import decisions, referral_view
 
 SOURCE = "matching"
@@ -45,7 +45,7 @@ DEFAULT_POLICY = Policy()
 def route(session: Session, referral_id: str, now: datetime, policy: Policy = DEFAULT_POLICY,
           *, only_if_placeable: bool = False, retry: bool = False,
           inserted: Any = None, deferred: list[Recorded] | None = None,
-          held: Held | None = None) -> domain.Decision | None:
+          held: Held | None = None, found: Found | None = None) -> domain.Decision | None:
     """Decide for a routable referral, reserve the chosen place, record and emit it.
 
     ``only_if_placeable``: record nothing when nobody fits (a retry of an unmatched
@@ -55,7 +55,9 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
     knows it: not read again). ``deferred``: append what to record there instead of
     recording it now (``record_many`` writes a run's decisions together). ``held``: places
     this transaction takes later (``Held.reserve``): counted in the candidates' load, and
-    the chosen place added to them instead of reserved now.
+    the chosen place added to them instead of reserved now. ``found``: the index's lookup
+    for this referral, made already (``DirectoryIndex.lookup_many`` for a run), used
+    instead of looking up again.
     """
     ref = inserted if inserted is not None else tables.referral(
         session, referral_id, lock=True, skip_locked=retry)
@@ -66,9 +68,10 @@ def route(session: Session, referral_id: str, now: datetime, policy: Policy = DE
             log.warning("referral cannot be routed: facts missing or erased",
                         extra=logs.log_fields(referral_id=referral_id))
         return None
-    if policy.index is not None:
+    if found is None and policy.index is not None:
         found = policy.index.lookup(session, ref.need, ref.geohash, (ref.lat, ref.lon),
                                     referral_id=referral_id)
+    if found is not None:
         referral = tables.to_referral(ref, found.tried)
         candidates, pre = found.candidates, found.pre
     else:

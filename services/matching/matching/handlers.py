@@ -19,6 +19,7 @@ from servicekit import events, logs
 
 from . import directory, domain, tables
 from .decide import DEFAULT_POLICY, Held, Policy, Recorded, record_many, retry_unmatched, route
+from .index import Found
 from .tables import decisions, referral_view
 
 log = logging.getLogger(__name__)
@@ -103,30 +104,51 @@ def on_referral_submitted(session: Session, env: events.Envelope,
 
 def on_referrals_submitted(session: Session, envs: list[events.Envelope],
                            policy: Policy = DEFAULT_POLICY) -> None:
-    """``on_referral_submitted`` for each of ``envs`` in turn, with the writes of the run
-    shared: the referrals stored in one statement, each decided in order (seeing the places
-    the earlier ones chose), the chosen places reserved together (``decide.Held``: if
-    another worker filled one meanwhile, the run is rolled back and the runner handles
-    its events one at a time), then every decision recorded together (``decide.record_many``), each event
-    with the correlation and causation the runner gives its submission alone."""
+    """``on_referral_submitted`` for each of ``envs`` in turn, with the reads and writes of
+    the run shared: the referrals stored in one statement, their candidates, load and tried
+    services read in one (``_looked_up``), each decided in order (seeing the places the
+    earlier ones chose), the chosen places reserved together (``decide.Held``: if another
+    worker filled one meanwhile, the run is rolled back and the runner handles its events
+    one at a time), then every decision recorded together (``decide.record_many``), each
+    event with the correlation and causation the runner gives its submission alone."""
     rows = [_referral_row(env.data, _now()) for env in envs]
     stored = tables.insert_referrals(session, rows)
+    new = []  # per submission: the first of a referral just stored (a second is known by then)
+    for row in rows:
+        new.append(row["referral_id"] in stored)
+        stored.discard(row["referral_id"])
+    found = _looked_up(session, [row for row, n in zip(rows, new, strict=True) if n], policy)
     made: list[Recorded] = []
     held = Held()
-    for env, row in zip(envs, rows, strict=True):
+    for env, row, routed in zip(envs, rows, new, strict=True):
         rid = row["referral_id"]
         # as the runner wraps each event alone: logs, and the decision's event, name the
         # submission's correlation and the submission as cause
         with logs.correlation(env.correlation_id, env.id):
-            if rid not in stored:
+            if not routed:
                 log.info("referral already known", extra=logs.log_fields(referral_id=rid))
                 continue
-            stored.discard(rid)  # a second submission of it in this run: known by then
             route(session, rid, row["updated_at"], policy,
                   inserted=SimpleNamespace(**row, offered_at=None), deferred=made,
-                  held=held)
+                  held=held, found=found.get(rid))
     held.reserve(session)  # or, if another worker filled a chosen service: rolled back
     record_many(session, made)
+
+
+def _looked_up(session: Session, rows: list[dict[str, Any]], policy: Policy
+               ) -> dict[str, Found]:
+    """The index's lookups for the referrals of a run, in one look (``lookup_many``): what
+    ``route`` would look up for each in turn, nothing being written in between (the run's
+    own places are counted by ``Held``, the referrals were stored before and their tried
+    services are what the database holds). Referrals without a location are not looked up
+    (``route`` does not decide them)."""
+    if policy.index is None:
+        return {}
+    rows = [row for row in rows if row["geohash"] is not None]
+    found = policy.index.lookup_many(session, [
+        (row["need"], row["geohash"], (row["lat"], row["lon"]), row["referral_id"])
+        for row in rows])
+    return {row["referral_id"]: f for row, f in zip(rows, found, strict=True)}
 
 
 class SubmittedHandler:

@@ -1,7 +1,8 @@
 """The matching worker's in-memory directory index: a decision reads its candidates from
 process memory and asks the database only for what can change under it at any moment
 (load and answer history of those candidates, the referral's tried services, and which
-services changed since the last look), in one statement.
+services changed since the last look), in one statement; a run of submissions asks it
+once for all its decisions (``lookup_many``).
 
 What it holds: every stored service's parsed snapshot (a ``domain.Candidate`` with zero
 load), bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
@@ -59,6 +60,8 @@ from .directory import ALL, centre
 from .eligibility import NEAREST_HINT, in_area
 
 Key = tuple[str, Any]  # (category, geohash prefix or cells.GridKey)
+# what ``lookup_many`` looks up: need, geohash, point (None: the cell's centre), referral
+Query = tuple[str, str, "tuple[float, float] | None", "str | None"]
 LOAD_ZERO = (0, 0, 0, 0, 0, 0.0)  # open, active, answered, accepted, timed, seconds
 
 _COLUMNS = ("v.service_id, v.organization_id, v.status, CAST(v.categories AS TEXT), "
@@ -80,9 +83,11 @@ _ROWS_BY_ID = text(f"SELECT v.service_id, {_COLUMNS}, COALESCE(c.xact, 0) FROM s
 
 # the per-decision statement (PostgreSQL, prepared): load and history of the candidates,
 # the changes committed since the previous look, the referral's tried services, and the
-# snapshot this statement saw (the next look's starting point). Every parameter sits in a
-# sub-select, opaque to the planner, so custom and generic plans cost the same and the
-# server settles on the generic plan (planning it at every call cost ~4x the execution);
+# snapshot this statement saw (the next look's starting point); or the same for a run of
+# decisions (``lookup_many``: the union of their candidates, every referral's tried
+# services, each row naming its referral). Every parameter sits in a sub-select, opaque
+# to the planner, so custom and generic plans cost the same and the server settles on the
+# generic plan (planning it at every call cost ~4x the execution);
 # changes are read in xact order with a LIMIT, so that plan scans ix_directory_changes_xact
 # whatever the statistics say (a full batch means there may be more: see ``_look``).
 CHANGES_PER_LOOK = 1000
@@ -99,8 +104,8 @@ UNION ALL
  FROM directory_changes c WHERE c.xact >= (SELECT %(since)s::bigint)
  ORDER BY c.xact LIMIT {CHANGES_PER_LOOK})
 UNION ALL
-SELECT 2, t.service_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM tried t WHERE t.referral_id = (SELECT %(rid)s::text)
+SELECT 2, t.service_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, t.referral_id
+FROM unnest((SELECT %(rids)t::text[])) AS r(rid) JOIN tried t ON t.referral_id = r.rid
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_current_snapshot()::text
 """
@@ -113,7 +118,8 @@ _LOAD_BY_ID = text(
     "LEFT JOIN service_history h ON h.service_id = v.sid"
 ).bindparams(bindparam("ids", expanding=True))
 _CHANGES_SINCE = text("SELECT service_id, xact FROM directory_changes WHERE xact >= :xmax")
-_TRIED = text("SELECT service_id FROM tried WHERE referral_id = :rid")
+_TRIED = text("SELECT referral_id, service_id FROM tried WHERE referral_id IN :rids"
+              ).bindparams(bindparam("rids", expanding=True))
 
 
 # what a bucket holds per service, flat for the lookup loop: reach box (always-true bounds
@@ -151,7 +157,7 @@ class Found:
 class _Look:
     loads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     changes: list[tuple[str, int]] = field(default_factory=list)
-    tried: set[str] = field(default_factory=set)
+    tried: dict[str, set[str]] = field(default_factory=dict)  # by referral
     snapshot: tuple[int, list[int]] | None = None
 
 
@@ -319,25 +325,50 @@ class DirectoryIndex:
         """Candidates offering ``need`` whose area covers the point ``at`` (default: the
         centre of ``geohash``), with load and history, the pre-filter counts of
         ``directory.candidates_for``, and ``referral_id``'s tried services."""
-        lat, lon = at if at is not None else centre(geohash)
-        point = _Point(need, geohash, lat, lon)
+        return self.lookup_many(session, [(need, geohash, at, referral_id)])[0]
+
+    def lookup_many(self, session: Session, queries: Sequence[Query]) -> list[Found]:
+        """``lookup`` of each of ``queries`` (need, geohash, at, referral_id), as they
+        would find in turn in this transaction with nothing written between them (a run of
+        submissions: the run's own places are counted by ``decide.Held``, not in the
+        database), in one look for them all: each referral's candidates from memory, then
+        the union's load and history, the changes committed since the last look and every
+        referral's tried services in one statement. The changes are applied before any
+        referral's candidates are final, as the first ``lookup`` of the run would apply them
+        and the later ones would find none more; if memory changed, the candidates are
+        found again and the load of those not read yet is read (one more statement, only
+        then)."""
+        if not queries:
+            return []
+        points = [_Point(need, geohash, *(at if at is not None else centre(geohash)))
+                  for need, geohash, at, _rid in queries]
+        rids = sorted({rid for *_, rid in queries if rid is not None})
         overlay = self._overlay(session)
         with self._lock:
             self._ensure_loaded(session, overlay)
-            statics, examined = self._covering(self._keys(need, geohash), point, overlay)
-            look = self._look(session, [sid for sid, _, _ in statics], referral_id)
+            covered = [self._covering(self._keys(p.need, p.geohash), p, overlay)
+                       for p in points]
+            look = self._look(session, _service_ids(covered), rids)
             if self._catch_up(session, look, overlay):
-                statics, examined = self._covering(self._keys(need, geohash), point, overlay)
-                missing = [sid for sid, _, _ in statics if sid not in look.loads]
+                covered = [self._covering(self._keys(p.need, p.geohash), p, overlay)
+                           for p in points]
+                missing = [sid for sid in _service_ids(covered) if sid not in look.loads]
                 if missing:
                     look.loads.update(self._read_loads(session, missing))
-            total, offering = self._totals(need, overlay)
-        loads = look.loads
-        found = [_with_load(c, loads.get(sid, LOAD_ZERO), None if km is None else (lat, lon, km))
-                 for sid, c, km in statics]
-        pre = {"category": max(0, total - offering),
-               "out_of_area": max(0, offering - len(found))}
-        return Found(found, pre, frozenset(look.tried), examined)
+            totals = {need: self._totals(need, overlay) for need in {p.need for p in points}}
+        loads, tried = look.loads, look.tried
+        found = []
+        for (_need, _geohash, _at, rid), p, (statics, examined) in zip(
+                queries, points, covered, strict=True):
+            lat, lon = p.lat, p.lon
+            candidates = [_with_load(c, loads.get(sid, LOAD_ZERO),
+                                     None if km is None else (lat, lon, km))
+                          for sid, c, km in statics]
+            total, offering = totals[p.need]
+            pre = {"category": max(0, total - offering),
+                   "out_of_area": max(0, offering - len(candidates))}
+            found.append(Found(candidates, pre, frozenset(tried.get(rid, ())), examined))
+        return found
 
     def candidates_for(self, session: Session, need: str, geohash: str,
                        at: tuple[float, float] | None = None
@@ -413,8 +444,9 @@ class DirectoryIndex:
     def _pg(session: Session) -> bool:
         return session.get_bind().dialect.name == "postgresql"
 
-    def _look(self, session: Session, ids: list[str], referral_id: str | None) -> _Look:
-        """Load and history of ``ids``, changes since the last look, tried services."""
+    def _look(self, session: Session, ids: list[str], referral_ids: Sequence[str]) -> _Look:
+        """Load and history of ``ids``, changes since the last look, the tried services of
+        ``referral_ids``."""
         assert self._snapshot is not None
         xmax, xip = self._snapshot
         look = _Look()
@@ -427,7 +459,8 @@ class DirectoryIndex:
             fresh = set(xip)
             cur = _cursor(_driver(conn))
             rows = cur.execute(_LOOK_PG, {"ids": text_array(ids), "since": since,
-                                          "rid": referral_id}, prepare=True).fetchall()
+                                          "rids": text_array(referral_ids)},
+                               prepare=True).fetchall()
             loads, changes, read = look.loads, look.changes, 0
             for row in rows:
                 kind = row[0]
@@ -438,7 +471,7 @@ class DirectoryIndex:
                     if row[8] >= xmax or row[8] in fresh:
                         changes.append((row[1], row[8]))
                 elif kind == 2:
-                    look.tried.add(row[1])
+                    look.tried.setdefault(row[9], set()).add(row[1])
                 else:
                     look.snapshot = _parse_snapshot(row[9])
             if read >= CHANGES_PER_LOOK:  # a full batch: there may be more (the same snapshot)
@@ -449,8 +482,9 @@ class DirectoryIndex:
         if ids:
             look.loads.update(self._read_loads(session, ids))
         look.changes = [(r[0], r[1]) for r in conn.execute(_CHANGES_SINCE, {"xmax": xmax})]
-        if referral_id is not None:
-            look.tried = {r[0] for r in conn.execute(_TRIED, {"rid": referral_id})}
+        if referral_ids:
+            for rid, sid in conn.execute(_TRIED, {"rids": list(referral_ids)}):
+                look.tried.setdefault(rid, set()).add(sid)
         return look
 
     @staticmethod
@@ -603,6 +637,11 @@ class DirectoryIndex:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _service_ids(covered: Sequence[tuple[list[tuple[str, Any, Any]], int]]) -> list[str]:
+    """The services ``_covering`` found for any of the points, each once."""
+    return sorted({sid for statics, _examined in covered for sid, _c, _km in statics})
 
 
 def _driver(conn: Any) -> Any:

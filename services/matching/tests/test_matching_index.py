@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -133,6 +134,66 @@ def test_more_changes_than_one_look_reads_are_all_seen(any_db: Database,
     with any_db.transaction() as session:
         found = memory.lookup(session, "housing", _cell())
     assert _ids(found.candidates) == [f"svc-{i}" for i in range(5)] and memory.loads == 1
+
+
+def test_a_run_of_lookups_finds_what_each_lookup_finds_in_turn(
+        any_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lookup_many`` (a run of submissions) gives each query what ``lookup`` gives it in
+    turn in one transaction: candidates with their (differing) loads, counts, tried services
+    (a referral asked twice, a query naming none), after changes another worker committed
+    since the last look (services added, moved, re-categorised, removed), in one statement
+    on PostgreSQL (the changes' services re-read in one more)."""
+    rng = random.Random(20261205)
+    upsert_elsewhere(any_db, *(_random_service(i, rng) for i in range(120)))
+    now = datetime.now(UTC)
+    with any_db.transaction() as session:  # another worker's offers and declines
+        for i in range(0, 120, 3):
+            tables.reserve(session, f"svc-{i:03d}", 3, now)
+        for k in range(8):
+            for i in rng.sample(range(120), 10):
+                tables.mark_tried(session, f"ref-{k}", f"svc-{i:03d}", now)
+    run, each = DirectoryIndex(), DirectoryIndex()
+    statements = [0]
+    if any_db.engine.dialect.name == "postgresql":
+        real = index._cursor
+
+        def counting(driver_connection: Any) -> Any:
+            cur = real(driver_connection)
+            execute = cur.execute
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                statements[0] += 1
+                return execute(*args, **kwargs)
+
+            return SimpleNamespace(execute=counted)
+
+        monkeypatch.setattr(index, "_cursor", counting)
+    for k in range(4):
+        queries: list[index.Query] = []
+        for j in range(12):
+            where = geo.coarsen(HOME[0] + rng.uniform(-1.5, 1.5),
+                                HOME[1] + rng.uniform(-2.5, 2.5))
+            queries.append((rng.choice(["housing", "food", "legal"]), where["geohash"],
+                            None if j == 5 else (where["lat"], where["lon"]),
+                            None if j == 7 else f"ref-{j % 10}"))  # ref-0 and -1 twice
+        with any_db.transaction() as session:
+            statements[0] = 0
+            found = run.lookup_many(session, queries)
+            looks = statements[0]
+            alone = [each.lookup(session, *q) for q in queries]
+        assert found == alone, k
+        assert {f.tried for f in found} != {frozenset()}
+        assert len({c.load for f in found for c in f.candidates}) > 1
+        if any_db.engine.dialect.name == "postgresql":
+            assert looks == 1
+        # another worker changes the directory before the next run
+        upsert_elsewhere(any_db, *(_random_service(i, rng) for i in range(130 + k * 10,
+                                                                           140 + k * 10)),
+                         *(_random_service(i, rng) for i in rng.sample(range(120), 15)))
+        with any_db.transaction() as session:
+            for i in rng.sample(range(120), 3):
+                handlers.on_service_removed(session, service_removed(f"svc-{i:03d}"))
+    assert run.loads == each.loads == 1
 
 
 def upsert_elsewhere(db: Database, *envs: events.Envelope) -> None:

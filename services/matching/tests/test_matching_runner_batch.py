@@ -18,7 +18,7 @@ from matching_factories import referral_submitted, service_upserted, status_chan
 from sqlalchemy import inspect, text
 
 from matching import bootstrap, consumers, handlers, tables
-from matching.decide import Policy
+from matching.decide import DEFAULT_POLICY, Policy
 from matching.index import DirectoryIndex
 from servicekit import events
 from servicekit.consumer import PermanentError
@@ -39,8 +39,10 @@ def _submission(n: int, **kwargs: Any) -> events.Envelope:
 
 
 def _records() -> list[list[Any]]:
-    """Two polls. Capacities small enough that the run's own reservations change later
-    decisions; a status change between two runs of submissions frees a place."""
+    """Three polls. Capacities small enough that the run's own reservations change later
+    decisions; a status change between two runs of submissions frees a place; before the
+    third, another worker changes the directory (``_elsewhere``), and that poll's run
+    submits one referral twice and one already known."""
     services = [service_upserted("svc-one", km_north=0.5, capacity=1),
                 service_upserted("svc-two", km_north=1.0, capacity=2),
                 service_upserted("svc-youth", km_north=0.2, age_max=17),
@@ -52,22 +54,44 @@ def _records() -> list[list[Any]]:
     later = [_submission(i) for i in range(8, 11)]
     first = [*services, *subs[:4], subs[1], *subs[4:], freed, *later]  # subs[1] redelivered
     second = [_submission(11), _submission(99), _submission(12), subs[2]]  # BAD rolls back
+    third = [_submission(13), _submission(14, need="food"), _submission(13), _submission(3),
+             _submission(15), _submission(16)]
     return [[SimpleNamespace(topic=events.REFERRAL_EVENTS, partition=0, offset=i, key=b"k",
                              value=events.encode(e), headers=[]) for i, e in enumerate(poll)]
-            for poll in (first, second)]
+            for poll in (first, second, third)]
 
 
-def _run(db: Database, records: list[list[Any]], batched: bool,
+def _changes() -> list[events.Envelope]:
+    """What ``_elsewhere`` stores (built once, after ``_records``: newer snapshots)."""
+    return [service_upserted("svc-one", km_north=300.0, capacity=1),
+            service_upserted("svc-two", km_north=1.0, capacity=4),
+            service_upserted("svc-three", km_north=0.8, capacity=3)]
+
+
+def _elsewhere(db: Database, changes: list[events.Envelope]) -> None:
+    """Another worker (handlers without this worker's index) moves svc-one out of reach,
+    gives svc-two room again, adds svc-three, and has referral 13 try svc-three before its
+    submission arrives: this worker's index learns of the services only from
+    ``directory_changes`` (its catch-up), and reads the tried service from the database."""
+    with db.transaction() as session:
+        for env in changes:
+            handlers.on_service_upserted(session, env, DEFAULT_POLICY)
+        tables.mark_tried(session, str(uuid.UUID(int=13, version=4)), "svc-three", NOW)
+
+
+def _run(db: Database, records: list[list[Any]], changes: list[events.Envelope], batched: bool,
          monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     spec = consumers.consumer_specs(Policy(index=DirectoryIndex()))[0]
     runner, producer, many = equivalence_runner(spec, db, events.REFERRAL_SUBMITTED, batched,
                                                 monkeypatch)
     with seeded_uuids(monkeypatch, 7):
-        for poll in records:
+        for i, poll in enumerate(records):
+            if i == 2:
+                _elsewhere(db, changes)
             runner.process_batch(poll)
     # a run of 7 (the redelivered one is a duplicate), then 3 after the status change; the second
-    # poll's run failed on BAD and was handled one record at a time
-    assert many == ([7, 3] if batched else [])
+    # poll's run failed on BAD and was handled one record at a time; the third's run of 6
+    assert many == ([7, 3, 6] if batched else [])
     return {"tables": _tables(db), "events": _events(db),
             "dead": [(t, events.decode(v).id) for t, v in producer.sent]}
 
@@ -131,6 +155,7 @@ def test_batches_of_submissions_leave_what_each_alone_would(
 
     monkeypatch.setattr(handlers, "route", route)
     records = _records()
+    changes = _changes()
     runs = []
     for batched in (False, True):
         if dialect == "sqlite":
@@ -140,7 +165,7 @@ def test_batches_of_submissions_leave_what_each_alone_would(
         run_migrations(url, bootstrap.MIGRATIONS)
         db = Database(url, tables.metadata)
         try:
-            run = _run(db, records, batched, monkeypatch)
+            run = _run(db, records, changes, batched, monkeypatch)
             run["event_ids"] = _event_ids(db)
             runs.append(run)
         finally:
@@ -153,9 +178,16 @@ def test_batches_of_submissions_leave_what_each_alone_would(
             for r in poll}
     assert [sent[i].subject for _t, i in single["dead"]] == [BAD]
     decided = {(t, s) for t, s, *_ in single["events"]}
-    assert len({s for _t, s in decided}) == 12 and BAD not in {s for _t, s in decided}
+    assert len({s for _t, s in decided}) == 16 and BAD not in {s for _t, s in decided}
     assert {t for t, _s in decided} == {events.ROUTING_PROPOSED, events.ROUTING_EXHAUSTED}
     for _t, subject, _q, _src, corr, cause, _d in single["events"]:
         assert sent[cause].subject == subject and corr == sent[cause].correlation_id
     assert any(sent[cause].type == events.REFERRAL_STATUS_CHANGED
                for *_, cause, _d in single["events"])
+    # the third poll's decisions follow the other worker's changes
+    third = {events.decode(r.value).id for r in records[2]}
+    chosen = {(s, d.get("service_id")) for _t, s, _q, _src, _c, cause, d in single["events"]
+              if cause in third}
+    assert len(chosen) == 4 and (str(uuid.UUID(int=13, version=4)), "svc-three") not in chosen
+    assert {"svc-two", "svc-three"} <= {sid for _s, sid in chosen} and (
+        "svc-one" not in {sid for _s, sid in chosen})
