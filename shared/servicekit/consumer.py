@@ -181,8 +181,8 @@ class ConsumerRunner:
 
     def _flush(self, chunk: list[tuple[Any, events.Envelope | None, Handler | None]]) -> None:
         if len(chunk) <= 1:
-            for record, _env, _handler in chunk:
-                self.process(record)
+            for record, env, _handler in chunk:
+                self.process(record, env)
             return
         started = time.perf_counter()
         try:
@@ -192,8 +192,8 @@ class ConsumerRunner:
         except Exception:
             log.info("batch rolled back; handling its records one at a time",
                      exc_info=True, extra=logs.log_fields(consumer=self.name, size=len(chunk)))
-            for record, _env, _handler in chunk:
-                self.process(record)
+            for record, env, _handler in chunk:
+                self.process(record, env)
             return
         per_record = (time.perf_counter() - started) / len(chunk)
         processed = {r: PROCESSED.labels(self.name, r) for r in set(results)}
@@ -240,15 +240,17 @@ class ConsumerRunner:
         if self.after_db_commit is not None:
             self.after_db_commit(record)
 
-    def process(self, record: Any) -> None:
-        """Handle one record; on return its offset may be committed."""
+    def process(self, record: Any, env: events.Envelope | None = None) -> None:
+        """Handle one record (``env``: its event, if decoded already); on return its offset
+        may be committed."""
         with PROCESSING.labels(self.name).time():
-            self._process(record)
+            self._process(record, env)
 
-    def _process(self, record: Any) -> None:
+    def _process(self, record: Any, env: events.Envelope | None = None) -> None:
         tp = TopicPartition(record.topic, record.partition)
         try:
-            env = events.decode(record.value)
+            if env is None:
+                env = events.decode(record.value)
         except events.PoisonMessage as exc:
             self.dead_letter(record, f"PoisonMessage: {exc}")
         else:
