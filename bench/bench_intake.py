@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from benchlib import _descendants, format_table, http_client, pct, record
+from benchlib import _descendants, format_table, http_client, pct, pids_cpu_s, record
 
 from referral_intake import bootstrap
 from servicekit.auth import mint_dev_token
@@ -46,18 +46,6 @@ BODY = {"need": "housing", "urgency": "urgent",
         "location": {"lat": 47.61, "lon": -122.33}, "notes": "bench note",
         "consent": {"share_with_provider": True, "referrer_updates": "milestones",
                     "contact_methods": ["phone"], "obtained_via": "verbal"}}
-
-
-def _ticks(pids: list[int]) -> float:
-    """CPU seconds (user + system) the processes ``pids`` used so far (gone ones: 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
@@ -78,10 +66,10 @@ class CpuMeter:
         self.api_pids = [self.api_pid, *_descendants(self.api_pid)]
         self.pg_pids = self._pg_pids()
         self.load_start = os.getloadavg()[0]
-        self.t0 = (_ticks(self.api_pids), _ticks(self.pg_pids), time.process_time())
+        self.t0 = (pids_cpu_s(self.api_pids), pids_cpu_s(self.pg_pids), time.process_time())
 
     def stop(self, requests_done: int) -> dict[str, float]:
-        api, pg, me = _ticks(self.api_pids), _ticks(self.pg_pids), time.process_time()
+        api, pg, me = pids_cpu_s(self.api_pids), pids_cpu_s(self.pg_pids), time.process_time()
         n = max(1, requests_done)
         return {"api_cpu_ms": (api - self.t0[0]) * 1000 / n,
                 "pg_cpu_ms": (pg - self.t0[1]) * 1000 / n,

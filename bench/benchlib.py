@@ -12,10 +12,15 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import requests
+
+from servicekit.testing import LOCAL_PG, sqlalchemy_url
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -77,15 +82,43 @@ def process_tree_peak_rss_mb(pid: int) -> float:
 
 def process_tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
-    tick = os.sysconf("SC_CLK_TCK")
+    return pids_cpu_s([pid, *_descendants(pid)])
+
+
+def pids_cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system, from /proc) used so far by the processes ``pids``; a
+    process gone counts 0."""
     total = 0
-    for p in [pid, *_descendants(pid)]:
+    for pid in pids:
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def backends_cpu_s(database: str, admin_url: str = LOCAL_PG) -> float:
+    """CPU seconds used so far by the PostgreSQL backends connected to ``database`` (the
+    server runs on this machine)."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        pids = [r[0] for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))]
+    return pids_cpu_s(pids)
+
+
+@contextmanager
+def scratch_database(prefix: str, admin_url: str = LOCAL_PG) -> Iterator[tuple[str, str]]:
+    """A new empty database on the local PostgreSQL: (name, SQLAlchemy URL); dropped at the
+    end, connections and all."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name, sqlalchemy_url(admin_url.rsplit("/", 1)[0] + f"/{name}")
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _descendants(pid: int) -> list[int]:

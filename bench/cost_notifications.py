@@ -21,11 +21,10 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
+from benchlib import backends_cpu_s, scratch_database
 from sqlalchemy import event, text
 
 from notifications import bootstrap, consumers, handlers, queries
@@ -38,7 +37,6 @@ BATCHES = int(os.environ.get("BATCHES", "40"))
 BATCH = int(os.environ.get("BATCH", "50"))
 RUNS = int(os.environ.get("RUNS", "5"))
 LAG = int(os.environ.get("LAG", "25"))  # referrals between a submission and its offer
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ORGS = [str(uuid.uuid4()) for _ in range(4)]
 AGENCY, OFFICER = "metro-pd", "b" * 43  # a blind index is 43 url-safe base64 characters
 
@@ -108,27 +106,11 @@ def _recipients(db: Database) -> None:
              "updated_at": datetime.now(UTC)} for i, org in enumerate(ORGS[:2])])
 
 
-def _backend_ticks(admin: psycopg.Connection, database: str) -> int:
-    ticks = 0
-    for (pid,) in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                                (database,)):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks
-
-
 def main() -> None:
     logs.configure("notifications")
     for handler in logging.getLogger().handlers:  # formatted as in production, discarded
         handler.stream = open(os.devnull, "w")  # noqa: SIM115
-    name = f"perf_notif_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
+    with scratch_database("perf_notif") as (name, url):
         run_migrations(url, bootstrap.MIGRATIONS)
         db = Database(url, metadata)
         _recipients(db)
@@ -141,7 +123,6 @@ def main() -> None:
                      lambda *_a, **_k: statements.__setitem__(0, statements[0] + 1))
         with db.engine.connect() as conn:  # the pool's connection stays the same one
             conn.execute(text("SELECT 1"))
-        admin = psycopg.connect(ADMIN, autocommit=True)
         for records in polls(3):  # warm: caches, the pool's connection
             runner.process_batch(records)
         rows = []
@@ -149,11 +130,11 @@ def main() -> None:
             work = polls(BATCHES)
             n = sum(len(r) for r in work)
             statements[0] = 0
-            pg0, cpu0 = _backend_ticks(admin, name), time.process_time()
+            pg0, cpu0 = backends_cpu_s(name), time.process_time()
             for records in work:
                 runner.process_batch(records)
             cpu = time.process_time() - cpu0
-            pg = (_backend_ticks(admin, name) - pg0) / os.sysconf("SC_CLK_TCK")
+            pg = backends_cpu_s(name) - pg0
             rows.append((cpu * 1000 / n, pg * 1000 / n, statements[0] / BATCHES))
             print(f"run: worker {rows[-1][0]:.3f} ms/event, PostgreSQL {rows[-1][1]:.3f} "
                   f"ms/event, {rows[-1][2]:.1f} statements/poll", flush=True)
@@ -171,11 +152,7 @@ def main() -> None:
             profile.disable()
             pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative")
                                              ).print_stats(60)
-        admin.close()
         db.dispose()
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -15,18 +15,16 @@ the end).
 """
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
+from benchlib import backends_cpu_s, pids_cpu_s, scratch_database
 
 from matching import bootstrap, consumers, handlers, tables
 from matching.decide import Policy
@@ -34,7 +32,6 @@ from matching.index import DirectoryIndex
 from servicekit import events, geo
 from servicekit.consumer import ConsumerRunner, RunnerConfig
 from servicekit.db import Database, run_migrations
-from servicekit.testing import LOCAL_PG, sqlalchemy_url
 
 HOME = (51.5074, -0.1278)
 
@@ -84,11 +81,6 @@ def _offer(decision: events.Envelope) -> events.Envelope:
         "referrer_updates": "milestones", "proposal_id": decision.id, "occurred_at": now})
 
 
-def _backend_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pass(db: Database, envs: list[events.Envelope], batched: bool, runs: int,
           counter: list[int]) -> tuple[float, float, int]:
     """The run handled ``runs`` times, each in a transaction rolled back: (client CPU s,
@@ -100,7 +92,7 @@ def _pass(db: Database, envs: list[events.Envelope], batched: bool, runs: int,
         with db.uow() as uow:
             pids.add(uow.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
             if i == 0:
-                db_cpu = _backend_cpu_s(next(iter(pids)))
+                db_cpu = pids_cpu_s([next(iter(pids))])
             counter[0] = 0
             started = time.process_time()
             if batched:
@@ -112,7 +104,7 @@ def _pass(db: Database, envs: list[events.Envelope], batched: bool, runs: int,
             statements = counter[0]
             uow.rollback()
     assert len(pids) == 1, pids  # one backend served every run
-    return cpu / runs, (_backend_cpu_s(pids.pop()) - db_cpu) / runs, statements
+    return cpu / runs, (pids_cpu_s([pids.pop()]) - db_cpu) / runs, statements
 
 
 def _offers_for_new_referrals(db: Database, first: int, count: int) -> list[events.Envelope]:
@@ -129,13 +121,6 @@ def _offers_for_new_referrals(db: Database, first: int, count: int) -> list[even
               if d.subject in wanted and d.type == events.ROUTING_PROPOSED]
     assert len(offers) == count, len(offers)
     return offers
-
-
-def _backends_cpu_s(db: Database) -> float:
-    with db.engine.connect() as conn:
-        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity "
-                                    "WHERE datname = current_database()")).scalars().all()
-    return sum(_backend_cpu_s(pid) for pid in pids)
 
 
 def _runner_pass(db: Database, offers: list[events.Envelope], batched: bool, run: int,
@@ -156,12 +141,12 @@ def _runner_pass(db: Database, offers: list[events.Envelope], batched: bool, run
                for i, e in enumerate(offers)]
     polls = [records[i:i + run] for i in range(0, len(records), run)]
     counter[0] = 0
-    db_cpu, cpu = _backends_cpu_s(db), time.process_time()
+    db_cpu, cpu = backends_cpu_s(db.engine.url.database), time.process_time()
     for poll in polls:
         runner.process_batch(poll)
     cpu = time.process_time() - cpu
     statements = counter[0]
-    return (cpu / len(polls), (_backends_cpu_s(db) - db_cpu) / len(polls),
+    return (cpu / len(polls), (backends_cpu_s(db.engine.url.database) - db_cpu) / len(polls),
             round(statements / len(polls)))
 
 
@@ -177,52 +162,47 @@ def _report(label: str, passes: list[tuple[float, float, int]], run: int, detail
 
 
 def main(run: int = 50, reps: int = 5, runs: int = 20) -> None:
-    name = f"bench_status_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(LOCAL_PG, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy_url(LOCAL_PG.rsplit("/", 1)[0] + f"/{name}")
-    run_migrations(url, bootstrap.MIGRATIONS)
-    db = Database(url, tables.metadata)
-    try:
-        policy = Policy(index=DirectoryIndex())
-        with db.transaction() as session:
-            for i in range(20):
-                handlers.on_service_upserted(session, _service(i), policy)
-        with db.transaction() as session:
-            handlers.on_referrals_submitted(session, [_submitted(n) for n in range(1, run + 1)],
-                                            policy)
-        outbox = tables.metadata.tables["outbox"]
-        with db.engine.connect() as c:
-            decisions = [events.decode(r.payload) for r in c.execute(outbox.select())]
-        offers = [_offer(d) for d in decisions if d.type == events.ROUTING_PROPOSED]
-        assert len(offers) == run, len(offers)
-        counter = [0]
+    with scratch_database("bench_status") as (_name, url):
+        run_migrations(url, bootstrap.MIGRATIONS)
+        db = Database(url, tables.metadata)
+        try:
+            policy = Policy(index=DirectoryIndex())
+            with db.transaction() as session:
+                for i in range(20):
+                    handlers.on_service_upserted(session, _service(i), policy)
+            with db.transaction() as session:
+                handlers.on_referrals_submitted(session, [_submitted(n) for n in range(1, run + 1)],
+                                                policy)
+            outbox = tables.metadata.tables["outbox"]
+            with db.engine.connect() as c:
+                decisions = [events.decode(r.payload) for r in c.execute(outbox.select())]
+            offers = [_offer(d) for d in decisions if d.type == events.ROUTING_PROPOSED]
+            assert len(offers) == run, len(offers)
+            counter = [0]
 
-        @sa.event.listens_for(db.engine, "before_cursor_execute")
-        def _count(*_args: Any) -> None:
-            counter[0] += 1
+            @sa.event.listens_for(db.engine, "before_cursor_execute")
+            def _count(*_args: Any) -> None:
+                counter[0] += 1
 
-        found: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
-        for _ in range(reps + 1):  # the first pass of each: warm-up, not counted
+            found: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
+            for _ in range(reps + 1):  # the first pass of each: warm-up, not counted
+                for batched in (False, True):
+                    found[batched].append(_pass(db, offers, batched, runs, counter))
             for batched in (False, True):
-                found[batched].append(_pass(db, offers, batched, runs, counter))
-        for batched in (False, True):
-            _report(f"handler, {'handle_many' if batched else 'one at a time'}",
-                    found[batched][1:], run, f"{runs} runs of {run}")
-        through: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
-        first = run + 1
-        for _ in range(reps + 1):
+                _report(f"handler, {'handle_many' if batched else 'one at a time'}",
+                        found[batched][1:], run, f"{runs} runs of {run}")
+            through: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
+            first = run + 1
+            for _ in range(reps + 1):
+                for batched in (False, True):
+                    fresh = _offers_for_new_referrals(db, first, run * runs)
+                    first += run * runs
+                    through[batched].append(_runner_pass(db, fresh, batched, run, counter))
             for batched in (False, True):
-                fresh = _offers_for_new_referrals(db, first, run * runs)
-                first += run * runs
-                through[batched].append(_runner_pass(db, fresh, batched, run, counter))
-        for batched in (False, True):
-            _report(f"consumer runner, {'handle_many' if batched else 'one at a time'}",
-                    through[batched][1:], run, f"{runs} polls of {run} records")
-    finally:
-        db.dispose()
-        with psycopg.connect(LOCAL_PG, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                _report(f"consumer runner, {'handle_many' if batched else 'one at a time'}",
+                        through[batched][1:], run, f"{runs} polls of {run} records")
+        finally:
+            db.dispose()
 
 
 if __name__ == "__main__":

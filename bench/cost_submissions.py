@@ -26,7 +26,8 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from cost_status_changes import HOME, _backend_cpu_s, _backends_cpu_s, _service
+from benchlib import backends_cpu_s, pids_cpu_s, scratch_database
+from cost_status_changes import HOME, _service
 
 from matching import bootstrap, consumers, handlers, tables
 from matching.decide import Policy
@@ -34,7 +35,6 @@ from matching.index import DirectoryIndex
 from servicekit import events, geo
 from servicekit.consumer import ConsumerRunner, RunnerConfig
 from servicekit.db import Database, run_migrations
-from servicekit.testing import LOCAL_PG, sqlalchemy_url
 
 SERVICES = 60  # 25 km radii on a 9 km x 5 km grid: every referral has them all
 
@@ -62,7 +62,7 @@ def _pass(db: Database, policy: Policy, envs: list[events.Envelope], batched: bo
         with db.uow() as uow:
             pids.add(uow.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
             if i == 0:
-                db_cpu = _backend_cpu_s(next(iter(pids)))
+                db_cpu = pids_cpu_s([next(iter(pids))])
             counter[0] = 0
             started = time.process_time()
             if batched:
@@ -74,7 +74,7 @@ def _pass(db: Database, policy: Policy, envs: list[events.Envelope], batched: bo
             statements = counter[0]
             uow.rollback()
     assert len(pids) == 1, pids
-    return cpu / runs, (_backend_cpu_s(pids.pop()) - db_cpu) / runs, statements
+    return cpu / runs, (pids_cpu_s([pids.pop()]) - db_cpu) / runs, statements
 
 
 def _runner_pass(db: Database, policy: Policy, envs: list[events.Envelope], run: int,
@@ -90,11 +90,11 @@ def _runner_pass(db: Database, policy: Policy, envs: list[events.Envelope], run:
                for i, e in enumerate(envs)]
     polls = [records[i:i + run] for i in range(0, len(records), run)]
     counter[0] = 0
-    db_cpu, cpu = _backends_cpu_s(db), time.process_time()
+    db_cpu, cpu = backends_cpu_s(db.engine.url.database), time.process_time()
     for poll in polls:
         runner.process_batch(poll)
     cpu = time.process_time() - cpu
-    return (cpu / len(polls), (_backends_cpu_s(db) - db_cpu) / len(polls),
+    return (cpu / len(polls), (backends_cpu_s(db.engine.url.database) - db_cpu) / len(polls),
             round(counter[0] / len(polls)))
 
 
@@ -109,51 +109,46 @@ def _report(label: str, passes: list[tuple[float, float, int]], run: int) -> Non
 
 
 def main(run: int = 50, reps: int = 5, runs: int = 10) -> None:
-    name = f"bench_submit_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(LOCAL_PG, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy_url(LOCAL_PG.rsplit("/", 1)[0] + f"/{name}")
-    run_migrations(url, bootstrap.MIGRATIONS)
-    db = Database(url, tables.metadata)
-    rng = random.Random(7)
-    try:
-        policy = Policy(index=DirectoryIndex())
-        with db.transaction() as session:
-            for i in range(SERVICES):
-                handlers.on_service_upserted(session, _service(i), policy)
-        with db.transaction() as session:  # differing loads: some places taken already
-            handlers.on_referrals_submitted(
-                session, [_submitted(n, rng) for n in range(1, 201)], policy)
-        envs = [_submitted(n, rng) for n in range(1000, 1000 + run)]
-        counter = [0]
+    with scratch_database("bench_submit") as (_name, url):
+        run_migrations(url, bootstrap.MIGRATIONS)
+        db = Database(url, tables.metadata)
+        rng = random.Random(7)
+        try:
+            policy = Policy(index=DirectoryIndex())
+            with db.transaction() as session:
+                for i in range(SERVICES):
+                    handlers.on_service_upserted(session, _service(i), policy)
+            with db.transaction() as session:  # differing loads: some places taken already
+                handlers.on_referrals_submitted(
+                    session, [_submitted(n, rng) for n in range(1, 201)], policy)
+            envs = [_submitted(n, rng) for n in range(1000, 1000 + run)]
+            counter = [0]
 
-        for method in ("execute", "executemany"):  # the driver's: the index's own included
-            real = getattr(psycopg.Cursor, method)
+            for method in ("execute", "executemany"):  # the driver's: the index's own included
+                real = getattr(psycopg.Cursor, method)
 
-            def counted(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
-                counter[0] += 1
-                return _real(self, *args, **kwargs)
+                def counted(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+                    counter[0] += 1
+                    return _real(self, *args, **kwargs)
 
-            setattr(psycopg.Cursor, method, counted)
+                setattr(psycopg.Cursor, method, counted)
 
-        found: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
-        for _ in range(reps + 1):  # the first pass of each: warm-up, not counted
+            found: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
+            for _ in range(reps + 1):  # the first pass of each: warm-up, not counted
+                for batched in (False, True):
+                    found[batched].append(_pass(db, policy, envs, batched, runs, counter))
             for batched in (False, True):
-                found[batched].append(_pass(db, policy, envs, batched, runs, counter))
-        for batched in (False, True):
-            _report(f"handler, {'handle_many' if batched else 'one at a time'}",
-                    found[batched][1:], run)
-        through = []
-        first = 10_000
-        for _ in range(reps + 1):
-            fresh = [_submitted(n, rng) for n in range(first, first + run * runs)]
-            first += run * runs
-            through.append(_runner_pass(db, policy, fresh, run, counter))
-        _report("consumer runner (batches)", through[1:], run)
-    finally:
-        db.dispose()
-        with psycopg.connect(LOCAL_PG, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                _report(f"handler, {'handle_many' if batched else 'one at a time'}",
+                        found[batched][1:], run)
+            through = []
+            first = 10_000
+            for _ in range(reps + 1):
+                fresh = [_submitted(n, rng) for n in range(first, first + run * runs)]
+                first += run * runs
+                through.append(_runner_pass(db, policy, fresh, run, counter))
+            _report("consumer runner (batches)", through[1:], run)
+        finally:
+            db.dispose()
 
 
 if __name__ == "__main__":
