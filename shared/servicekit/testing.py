@@ -217,3 +217,15 @@ def renamed(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(renamed(v, names) for v in value)
     return value
+
+
+def exact(value: Any) -> Any:
+    """``value`` (nested dicts and lists of JSON values) with every type and every key order
+    visible to ``==``: two results a fast path and its reference give compare equal only
+    when they are the same down to ``1`` vs ``1.0`` and the order of keys (NaN, by its repr,
+    equals NaN)."""
+    if type(value) is dict:
+        return "dict", [(key, exact(item)) for key, item in value.items()]
+    if type(value) is list:
+        return "list", [exact(item) for item in value]
+    return type(value).__name__, repr(value)

@@ -141,6 +141,17 @@ def _event_ids(db: Database) -> dict[str, str]:
     return {e.id: f"event-{e.subject}-{e.sequence}" for e in found}
 
 
+def _database(dialect: str, batched: bool, make_settings: Callable[..., Settings],
+              tmp_path: Path) -> Database:
+    """A fresh, migrated matching database for one of an equivalence test's two runs."""
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / f'matching-{batched}.db'}"
+    else:
+        url = make_settings("matching").database_url
+    run_migrations(url, bootstrap.MIGRATIONS)
+    return Database(url, tables.metadata)
+
+
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_batches_of_submissions_leave_what_each_alone_would(
         dialect: str, make_settings: Callable[..., Settings], tmp_path: Path,
@@ -158,12 +169,7 @@ def test_batches_of_submissions_leave_what_each_alone_would(
     changes = _changes()
     runs = []
     for batched in (False, True):
-        if dialect == "sqlite":
-            url = f"sqlite:///{tmp_path / f'matching-{batched}.db'}"
-        else:
-            url = make_settings("matching").database_url
-        run_migrations(url, bootstrap.MIGRATIONS)
-        db = Database(url, tables.metadata)
+        db = _database(dialect, batched, make_settings, tmp_path)
         try:
             run = _run(db, records, changes, batched, monkeypatch)
             run["event_ids"] = _event_ids(db)

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from matching_factories import referral_submitted, service_upserted
 from test_matching_handlers import routing_events
-from test_matching_runner_batch import _canonical, _event_ids, _events, _tables
+from test_matching_runner_batch import _canonical, _database, _event_ids, _events, _tables
 
-from matching import bootstrap, consumers, handlers, tables
+from matching import consumers, handlers
 from matching.decide import Policy
 from matching.index import DirectoryIndex
 from servicekit import events
 from servicekit.consumer import PermanentError
-from servicekit.db import Database, run_migrations
+from servicekit.db import Database
 from servicekit.settings import Settings
 from servicekit.testing import equivalence_runner, seeded_uuids
 
@@ -241,12 +241,7 @@ def test_batches_of_status_changes_leave_what_each_alone_would(
     first = _first_poll()  # the same directory and submissions for both runs
     runs = []
     for batched in (False, True):
-        if dialect == "sqlite":
-            url = f"sqlite:///{tmp_path / f'matching-{batched}.db'}"
-        else:
-            url = make_settings("matching").database_url
-        run_migrations(url, bootstrap.MIGRATIONS)
-        db = Database(url, tables.metadata)
+        db = _database(dialect, batched, make_settings, tmp_path)
         try:
             run = _run(db, first, batched, monkeypatch)
             run["event_ids"] = _event_ids(db)

@@ -23,6 +23,7 @@ from marshmallow import (
 
 from servicekit.canonical import NotCanonical, compile_schema
 from servicekit.events import _known_only
+from servicekit.testing import exact
 
 
 def _even(value: int) -> None:
@@ -90,15 +91,6 @@ def samples(draw: st.DrawFn) -> Any:
         data[draw(st.sampled_from(["flag", *sorted(FIELDS)]))] = draw(ODD)
     return data
 
-def _exact(value: Any) -> Any:
-    """``value`` with every type and every key order visible to ``==`` (NaN equal to NaN)."""
-    if type(value) is dict:
-        return "dict", [(key, _exact(item)) for key, item in value.items()]
-    if type(value) is list:
-        return "list", [_exact(item) for item in value]
-    return type(value).__name__, repr(value)
-
-
 def _reference(schema: Schema, data: Any) -> Any:
     try:
         return schema.dump(schema.load(_known_only(schema, data)))
@@ -121,9 +113,9 @@ def test_the_compiled_schema_agrees_with_marshmallow_and_takes_every_dump(data: 
     assert convert is not None
     got, want = _compiled(convert, data), _reference(schema, data)
     if got is not NotCanonical:
-        assert _exact(got) == _exact(want)
+        assert exact(got) == exact(want)
     if want is not NotCanonical:  # a dump is canonical: it must take the shortcut, unchanged
-        assert _exact(_compiled(convert, want)) == _exact(want)
+        assert exact(_compiled(convert, want)) == exact(want)
 
 
 def test_valid_canonical_data_and_its_refusals() -> None:

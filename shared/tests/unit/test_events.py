@@ -14,6 +14,7 @@ from marshmallow import Schema, fields
 
 from servicekit import events, geo
 from servicekit.events import EventContractError, PoisonMessage
+from servicekit.testing import exact
 
 REFERRAL_ID = "3f1c2a9e-8d4b-4c1e-9a7f-2b6d5e4c3a21"
 SERVICE_ID = "svc-0042"
@@ -467,15 +468,6 @@ def event_documents(draw: st.DrawFn) -> bytes:
     return json.dumps(document).replace('"__INFINITY__"', "1e400").encode("utf-8")
 
 
-def _exact(value: Any) -> Any:
-    """``value`` with every type and every key order visible to ``==``."""
-    if type(value) is dict:
-        return "dict", [(key, _exact(item)) for key, item in value.items()]
-    if type(value) is list:
-        return "list", [_exact(item) for item in value]
-    return type(value).__name__, repr(value)
-
-
 def _decoded(raw: bytes) -> Any:
     """What ``decode`` makes of ``raw``, in a form ``==`` compares exactly."""
     try:
@@ -484,7 +476,7 @@ def _decoded(raw: bytes) -> Any:
         return "poison", error.reason
     except Exception as error:  # noqa: BLE001 - whatever the reference path raises
         return "raised", type(error).__name__, str(error)
-    return "ok", [(name, _exact(getattr(env, name))) for name in env.__dataclass_fields__]
+    return "ok", [(name, exact(getattr(env, name))) for name in env.__dataclass_fields__]
 
 
 def test_the_shortcut_decodes_every_event_exactly_as_marshmallow_does() -> None:
