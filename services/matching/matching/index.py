@@ -4,8 +4,9 @@ process memory and asks the database only for what can change under it at any mo
 services changed since the last look), in one statement; a run of submissions asks it
 once for all its decisions (``lookup_many``).
 
-What it holds: every stored service's parsed snapshot (a ``domain.Candidate`` with zero
-load), bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
+What it holds: every stored service's parsed snapshot (a ``Record``: the static fields of
+a ``domain.Candidate`` in a tuple; a candidate is made only for a service a lookup
+returns), bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
 keys, see ``cells.disk_grid``; service-area geohashes cut to precision 6; ``""`` for
 services declaring no area), each with its reach box, plus services per category. A
 lookup reads the buckets of the referral's cell prefixes, drops what the reach box and the
@@ -43,6 +44,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -122,24 +124,24 @@ _TRIED = text("SELECT referral_id, service_id FROM tried WHERE referral_id IN :r
               ).bindparams(bindparam("rids", expanding=True))
 
 
-# what a bucket holds per service, flat for the lookup loop: reach box (always-true bounds
-# without one), and for a service whose area is one radius around one location (the usual
-# one) that location's latitude in radians and its cosine, its longitude and the radius
-# (radius None: the general area check); then the candidate
-Probe = tuple[float, float, float, float, float, float, float, "float | None",
-              domain.Candidate]
+# A service in memory is one tuple, its ``Record``: the fields of ``domain.Candidate`` but
+# the load and history ones (always zero here), in ``_STATIC`` order, then the transaction
+# that wrote the version held (0: older than the index). A tuple costs a third less than
+# the candidate's instance dict, and most services are never returned by any lookup
+# (``_with_load`` makes the candidate of one that is).
+Record = tuple[Any, ...]
+_STATIC = ("service_id", "organization_id", "categories", "status", "accepting",
+           "capacity_max", "age_min", "age_max", "genders", "populations", "languages",
+           "interpretation_available", "locations", "radius_km", "area_geohashes", "schedule")
+_CATEGORIES, _LOCATIONS, _RADIUS, _AREAS, _XACT = 2, 12, 13, 14, 16
+
+# what the buckets and ``_entries`` hold per service (one tuple, shared by all its buckets),
+# flat for the lookup loop: reach box (always-true bounds without one), and for a service
+# whose area is one radius around one location (the usual one) that location's latitude in
+# radians and its cosine, its longitude and the radius (radius None: the general area
+# check); then the record
+Probe = tuple[float, float, float, float, float, float, float, "float | None", Record]
 NO_BOX = (-91.0, 91.0, -181.0, 181.0)
-
-
-@dataclass(eq=False)
-class Entry:
-    """One service in memory: its snapshot, the buckets it sits in, what they hold of it,
-    and the transaction that wrote the version held (0: older than the index)."""
-
-    candidate: domain.Candidate
-    keys: Collection[Key]
-    probe: Probe
-    xact: int
 
 @dataclass
 class Found:
@@ -189,27 +191,38 @@ def lookup_keys(need: str, geohash: str) -> list[Key]:
             + [(need, k) for k in cells.lookup_grid(geohash)])
 
 
-def make_entry(c: domain.Candidate, xact: int = 0) -> Entry:
-    if c.radius_km is not None and not c.area_geohashes and len(c.locations) == 1:
-        here = c.locations[0]  # the usual service: one radius around one location
-        box, grid = cells.disk_cover(here.lat, here.lon, c.radius_km)
-        keys = frozenset((category, g) for category in c.categories for g in grid)
+def record(c: domain.Candidate, xact: int = 0) -> Record:
+    """The ``Record`` of ``c`` (its load and history dropped)."""
+    return (*(getattr(c, name) for name in _STATIC), xact)
+
+
+def make_entry(rec: Record) -> tuple[Probe, Collection[Key]]:
+    """What the index holds of a service, and the buckets it sits in (the same buckets
+    every time for the same record: ``_drop`` finds them again this way)."""
+    locations, radius, areas = rec[_LOCATIONS], rec[_RADIUS], rec[_AREAS]
+    if radius is not None and not areas and len(locations) == 1:
+        here = locations[0]  # the usual service: one radius around one location
+        box, grid = cells.disk_cover(here.lat, here.lon, radius)
+        keys = [(category, g) for category in rec[_CATEGORIES] for g in grid]
         phi = math.radians(here.lat)
-        return Entry(c, keys, (*(box or NO_BOX), phi, math.cos(phi), here.lon, c.radius_km, c),
-                     xact)
-    points = [(p.lat, p.lon) for p in c.locations]
-    box = cells.reach_box(points, c.radius_km, c.area_geohashes)
-    return Entry(c, entry_keys(c), (*(box or NO_BOX), 0.0, 0.0, 0.0, None, c), xact)
+        return (*(box or NO_BOX), phi, math.cos(phi), here.lon, radius, rec), keys
+    c = candidate(rec)
+    box = cells.reach_box([(p.lat, p.lon) for p in locations], radius, areas)
+    return (*(box or NO_BOX), 0.0, 0.0, 0.0, None, rec), entry_keys(c)
 
 
-def _with_load(static: domain.Candidate, load: Sequence[Any], hint: Any) -> domain.Candidate:
-    """``static`` with load and history (``dataclasses.replace`` without its per-field
-    ``__init__``: a tenth of the cost; runs once per candidate and decision), carrying the
-    distance ``_covering`` computed (``eligibility.NEAREST_HINT``) when it did."""
-    d = static.__dict__.copy()  # zero load and history, no hint
-    d["open_offers"], d["active_cases"], d["answered"], d["accepted"] = load[:4]
-    if load[4]:
-        d["mean_response_s"] = load[5] / load[4]
+def _with_load(rec: Record, load: Sequence[Any], hint: Any) -> domain.Candidate:
+    """The candidate of ``rec`` with load and history (without the frozen dataclass'
+    per-field ``__init__``: a tenth of the cost; runs once per candidate and decision), its
+    fields in declaration order, carrying the distance ``_covering`` computed
+    (``eligibility.NEAREST_HINT``) when it did."""
+    d = {"service_id": rec[0], "organization_id": rec[1], "categories": rec[2],
+         "status": rec[3], "accepting": rec[4], "capacity_max": rec[5],
+         "open_offers": load[0], "active_cases": load[1], "age_min": rec[6],
+         "age_max": rec[7], "genders": rec[8], "populations": rec[9], "languages": rec[10],
+         "interpretation_available": rec[11], "locations": rec[12], "radius_km": rec[13],
+         "area_geohashes": rec[14], "schedule": rec[15], "answered": load[2],
+         "accepted": load[3], "mean_response_s": load[5] / load[4] if load[4] else None}
     if hint is not None:
         d[NEAREST_HINT] = hint
     c = object.__new__(domain.Candidate)
@@ -217,9 +230,15 @@ def _with_load(static: domain.Candidate, load: Sequence[Any], hint: Any) -> doma
     return c
 
 
+def candidate(rec: Record) -> domain.Candidate:
+    """The candidate of ``rec``, with zero load and history."""
+    return _with_load(rec, LOAD_ZERO, None)
+
+
 class _Parser:
-    """Snapshot columns (JSON as text) to a ``domain.Candidate``. Values many services share
-    (category lists, languages, schedules) are parsed once, by their text."""
+    """Snapshot columns (JSON as text) to a ``Record``. Values many services share
+    (category lists, languages, schedules) are parsed once, by their text, and the strings
+    they share (organization, status) are interned: one copy each in memory."""
 
     LIMIT = 100_000
 
@@ -244,25 +263,20 @@ class _Parser:
                         for h in s.get("hours", [])),
             valid_from=s.get("valid_from"), valid_to=s.get("valid_to"))
 
-    def candidate(self, row: Sequence[Any]) -> domain.Candidate:
-        """From the ``_COLUMNS`` of a row (the 16 columns from ``row[0]`` on)."""
+    def record(self, row: Sequence[Any]) -> Record:
+        """From the ``_COLUMNS`` of a row (the 16 columns from ``row[0]`` on) and the
+        change's xact after them, in ``_STATIC`` order (a test holds the candidate made
+        of it to the database's)."""
         (sid, org, status, cats, locs, radius, areas, age_min, age_max, genders, pops,
-         langs, interp, sched, cap, accepting) = row[:16]
+         langs, interp, sched, cap, accepting, xact) = row[:17]
         frozen = self._shared
-        c = object.__new__(domain.Candidate)  # every field set below (a test checks)
-        vars(c).update(
-            service_id=sid, organization_id=org, categories=frozen("set", cats, frozenset),
-            status=status, accepting=bool(accepting), capacity_max=cap, open_offers=0,
-            active_cases=0, age_min=age_min, age_max=age_max,
-            genders=frozen("set", genders, frozenset),
-            populations=frozen("set", pops, frozenset),
-            languages=frozen("set", langs, frozenset),
-            interpretation_available=bool(interp),
-            locations=tuple(domain.Point(p["lat"], p["lon"]) for p in json.loads(locs)),
-            radius_km=radius, area_geohashes=frozen("tuple", areas, tuple),
-            schedule=frozen("schedule", sched, self._schedule),
-            answered=0, accepted=0, mean_response_s=None)
-        return c
+        return (sid, sys.intern(org), frozen("set", cats, frozenset), sys.intern(status),
+                bool(accepting), cap, age_min, age_max, frozen("set", genders, frozenset),
+                frozen("set", pops, frozenset), frozen("set", langs, frozenset),
+                bool(interp),
+                tuple(domain.Point(p["lat"], p["lon"]) for p in json.loads(locs)),
+                radius, frozen("tuple", areas, tuple),
+                frozen("schedule", sched, self._schedule), int(xact))
 
 
 def candidate_of(row: dict[str, Any]) -> domain.Candidate:
@@ -276,9 +290,10 @@ class DirectoryIndex:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._entries: dict[str, Entry] = {}
-        self._buckets: dict[Key, dict[str, Probe]] = {}
-        self._canon: dict[Key, Key] = {}
+        self._entries: dict[str, Probe] = {}
+        # a list per bucket, not a dict by service: a slot costs a sixth of a dict's, and a
+        # service leaves its buckets only when it changes or goes
+        self._buckets: dict[Key, list[Probe]] = {}
         # buckets per cell length (geohash keys) and per grid precision (grid keys): a
         # lookup reads only the prefixes some bucket can have
         self._lengths: dict[int, int] = {}
@@ -297,10 +312,10 @@ class DirectoryIndex:
         ``service_id`` in ``session``'s transaction: its lookups see that at once; everyone
         else once the transaction committed (re-read from the database)."""
         overlay = self._overlay(session, create=True)
-        overlay[service_id] = None if row is None else make_entry(candidate_of(row))
+        overlay[service_id] = None if row is None else record(candidate_of(row))
 
-    def _overlay(self, session: Session, create: bool = False) -> dict[str, Entry | None]:
-        overlay: dict[str, Entry | None] | None = session.info.get(self._overlay_key)
+    def _overlay(self, session: Session, create: bool = False) -> dict[str, Record | None]:
+        overlay: dict[str, Record | None] | None = session.info.get(self._overlay_key)
         if overlay is None:
             overlay = {}
             if create:
@@ -361,9 +376,9 @@ class DirectoryIndex:
         for (_need, _geohash, _at, rid), p, (statics, examined) in zip(
                 queries, points, covered, strict=True):
             lat, lon = p.lat, p.lon
-            candidates = [_with_load(c, loads.get(sid, LOAD_ZERO),
+            candidates = [_with_load(rec, loads.get(sid, LOAD_ZERO),
                                      None if km is None else (lat, lon, km))
-                          for sid, c, km in statics]
+                          for sid, rec, km in statics]
             total, offering = totals[p.need]
             pre = {"category": max(0, total - offering),
                    "out_of_area": max(0, offering - len(candidates))}
@@ -378,10 +393,10 @@ class DirectoryIndex:
         return found.candidates, found.pre
 
     def _covering(self, keys: Iterable[Key], point: Any,
-                  overlay: dict[str, Entry | None]
-                  ) -> tuple[list[tuple[str, domain.Candidate, float | None]], int]:
+                  overlay: dict[str, Record | None]
+                  ) -> tuple[list[tuple[str, Record, float | None]], int]:
         """Services in the buckets whose area covers ``point`` (``eligibility.in_area``),
-        as (``service_id``, candidate, distance when it was computed), in ``service_id``
+        as (``service_id``, record, distance when it was computed), in ``service_id``
         order; and how many distinct entries were examined.
 
         A one-location radius service (a probe with a radius) sits in the buckets of one
@@ -392,51 +407,53 @@ class DirectoryIndex:
         phi1 = radians(lat)
         cos1 = math.cos(phi1)
         seen: set[str] = set()
-        out: list[tuple[str, domain.Candidate, float | None]] = []
+        out: list[tuple[str, Record, float | None]] = []
         simple = 0
         buckets = self._buckets
         for key in keys:
             bucket = buckets.get(key)
             if not bucket:
                 continue
-            for sid, probe in bucket.items():
-                lat_min, lat_max, lon_min, lon_max, phi2, cos2, slon, radius, c = probe
+            for probe in bucket:
+                lat_min, lat_max, lon_min, lon_max, phi2, cos2, slon, radius, rec = probe
                 if radius is None:
+                    sid = rec[0]
                     if sid in seen:
                         continue
                     seen.add(sid)
                     if (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max
-                            and not (overlay and sid in overlay) and in_area(point, c)):
-                        out.append((sid, c, None))
+                            and not (overlay and sid in overlay)
+                            and in_area(point, candidate(rec))):
+                        out.append((sid, rec, None))
                     continue
                 simple += 1
                 if not (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max):
                     continue
-                if overlay and sid in overlay:
+                if overlay and rec[0] in overlay:
                     continue
                 # in_area of a one-location radius service: eligibility.haversine_km's
                 # arithmetic, operation for operation (the same float), inline
                 a = sin((phi2 - phi1) / 2) ** 2 + cos1 * cos2 * sin(radians(slon - lon) / 2) ** 2
                 km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))
                 if km <= radius:
-                    out.append((sid, c, km))
-        for sid, entry in overlay.items():
-            if (entry is not None and point.need in entry.candidate.categories
-                    and in_area(point, entry.candidate)):
-                out.append((sid, entry.candidate, None))
+                    out.append((rec[0], rec, km))
+        for sid, staged in overlay.items():
+            if (staged is not None and point.need in staged[_CATEGORIES]
+                    and in_area(point, candidate(staged))):
+                out.append((sid, staged, None))
         out.sort()  # by service_id: unique here, so the rest of a triple is never compared
         return out, simple + len(seen)
 
-    def _totals(self, need: str, overlay: dict[str, Entry | None]) -> tuple[int, int]:
+    def _totals(self, need: str, overlay: dict[str, Record | None]) -> tuple[int, int]:
         total, offering = self._counts.get(ALL, 0), self._counts.get(need, 0)
-        for sid, entry in overlay.items():
+        for sid, staged in overlay.items():
             held = self._entries.get(sid)
             if held is not None:
                 total -= 1
-                offering -= need in held.candidate.categories
-            if entry is not None:
+                offering -= need in held[-1][_CATEGORIES]
+            if staged is not None:
                 total += 1
-                offering += need in entry.candidate.categories
+                offering += need in staged[_CATEGORIES]
         return total, offering
 
     # --- reading the database ----------------------------------------------------------------
@@ -492,12 +509,12 @@ class DirectoryIndex:
         rows = session.connection().execute(_LOAD_BY_ID, {"ids": ids})
         return {r[0]: tuple(r[1:7]) for r in rows}
 
-    def _catch_up(self, session: Session, look: _Look, overlay: dict[str, Entry | None]
+    def _catch_up(self, session: Session, look: _Look, overlay: dict[str, Record | None]
                   ) -> bool:
         """Apply what changed since the last look; True if memory changed."""
         assert self._snapshot is not None
         pending = {sid for sid, xact in look.changes if sid not in overlay
-                   and ((held := self._entries.get(sid)) is None or held.xact != xact)}
+                   and ((held := self._entries.get(sid)) is None or held[-1][_XACT] != xact)}
         if self._recheck:
             pending |= self._recheck - overlay.keys()
         if pending:
@@ -524,11 +541,11 @@ class DirectoryIndex:
             if snapshot[0] is None:
                 self._drop(sid)
             else:
-                self._put(make_entry(self._parser.candidate(snapshot), int(snapshot[16])))
+                self._put(self._parser.record(snapshot))
         for sid in set(ids) - got:  # not stored (any more)
             self._drop(sid)
 
-    def _ensure_loaded(self, session: Session, overlay: dict[str, Entry | None]) -> None:
+    def _ensure_loaded(self, session: Session, overlay: dict[str, Record | None]) -> None:
         bind = session.get_bind()
         if self._snapshot is not None and self._bound is bind:
             return
@@ -546,9 +563,9 @@ class DirectoryIndex:
                     if row[0] in overlay:  # this transaction's own version: re-read after
                         self._recheck.add(row[0])
                         continue
-                    xact = int(row[16])
-                    top = max(top, xact)
-                    self._put(make_entry(self._parser.candidate(row), xact))
+                    rec = self._parser.record(row)
+                    top = max(top, rec[_XACT])
+                    self._put(rec)
 
             if self._pg(session):
                 snap = conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
@@ -573,45 +590,42 @@ class DirectoryIndex:
     def _clear(self) -> None:
         self._entries.clear()
         self._buckets.clear()
-        self._canon.clear()
         self._lengths.clear()
         self._precisions.clear()
         self._counts.clear()
         self._snapshot = None
 
-    def _put(self, entry: Entry) -> None:
-        sid = entry.candidate.service_id
+    def _put(self, rec: Record) -> None:
+        sid = rec[0]
         self._drop(sid)
-        self._entries[sid] = entry
-        canon = self._canon  # one key object per bucket, shared by its services (memory)
-        entry.keys = tuple(canon.setdefault(key, key) for key in entry.keys)
+        probe, keys = make_entry(rec)
+        self._entries[sid] = probe
         buckets = self._buckets
-        for key in entry.keys:
+        for key in keys:
             bucket = buckets.get(key)
             if bucket is None:
-                bucket = buckets[key] = {}
+                bucket = buckets[key] = []
                 self._level(key, 1)
-            bucket[sid] = entry.probe
+            bucket.append(probe)
         counts = self._counts
         counts[ALL] = counts.get(ALL, 0) + 1
-        for category in entry.candidate.categories:
+        for category in rec[_CATEGORIES]:
             counts[category] = counts.get(category, 0) + 1
 
     def _drop(self, sid: str) -> None:
-        entry = self._entries.pop(sid, None)
-        if entry is None:
+        probe = self._entries.pop(sid, None)
+        if probe is None:
             return
-        for key in entry.keys:
-            bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.pop(sid, None)
-                if not bucket:
-                    del self._buckets[key]
-                    self._canon.pop(key, None)
-                    self._level(key, -1)
+        rec = probe[-1]
+        for key in make_entry(rec)[1]:  # the buckets ``_put`` placed it in
+            bucket = self._buckets[key]
+            del bucket[next(i for i, held in enumerate(bucket) if held is probe)]
+            if not bucket:
+                del self._buckets[key]
+                self._level(key, -1)
         counts = self._counts
         counts[ALL] -= 1
-        for category in entry.candidate.categories:
+        for category in rec[_CATEGORIES]:
             counts[category] -= 1
 
     def _level(self, key: Key, change: int) -> None:

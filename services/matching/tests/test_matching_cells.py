@@ -145,7 +145,7 @@ def test_every_resident_within_the_radius_finds_the_service_in_memory(
         two: bool) -> None:
     """Whenever the exact area check passes, the in-memory index returns the service, with
     the distance the area check computed (bit for bit)."""
-    from matching.index import DirectoryIndex, lookup_keys, make_entry
+    from matching.index import DirectoryIndex, candidate, lookup_keys, record
 
     d = radius * share / 111.2
     plat = max(-89.9, min(89.9, lat + d * math.cos(bearing)))
@@ -158,11 +158,11 @@ def test_every_resident_within_the_radius_finds_the_service_in_memory(
     resident = Referral(referral_id="r", need="food", urgency="urgent", lat=where["lat"],
                         lon=where["lon"], geohash=where["geohash"])
     memory = DirectoryIndex()
-    memory._put(make_entry(service))
+    memory._put(record(service))
     found, _examined = memory._covering(lookup_keys("food", where["geohash"]), resident, {})
     if eligibility.in_area(resident, service):
-        [(sid, c, km)] = found
-        assert sid == "s" and c is service
+        [(sid, rec, km)] = found
+        assert sid == "s" and candidate(rec) == service
         assert km is None or km == eligibility.nearest_km(service, resident)
         assert two or km is not None
     else:
