@@ -5,8 +5,9 @@ services changed since the last look), in one statement; a run of submissions as
 once for all its decisions (``lookup_many``).
 
 What it holds: every stored service's parsed snapshot (a ``Record``: the static fields of
-a ``domain.Candidate`` in a tuple; a candidate is made only for a service a lookup
-returns), bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
+a ``domain.Candidate`` in a tuple, the numbers the lookup loop reads in an array of C
+doubles, see ``_Store``; a candidate is made only for a service a lookup returns),
+bucketed by (category, cell) exactly like ``service_cells`` (radius disks as grid
 keys, see ``cells.disk_grid``; service-area geohashes cut to precision 6; ``""`` for
 services declaring no area), each with its reach box, plus services per category. A
 lookup reads the buckets of the referral's cell prefixes, drops what the reach box and the
@@ -47,7 +48,8 @@ import math
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -93,7 +95,9 @@ _ROWS_BY_ID = text(f"SELECT v.service_id, {_COLUMNS}, COALESCE(c.xact, 0) FROM s
 # changes are read in xact order with a LIMIT, so that plan scans ix_directory_changes_xact
 # whatever the statistics say (a full batch means there may be more: see ``_look``).
 CHANGES_PER_LOOK = 1000
-LOAD_BATCH = 5000  # rows per fetch while the index loads
+# rows per fetch while the index loads: a batch's rows (JSON text) are at the worker's
+# peak memory next to the whole index (at 5,000 rows the peak was ~17 MB higher)
+LOAD_BATCH = 500
 _LOOK_PG = f"""
 SELECT 0, u.sid, COALESCE(l.open_offers, 0), COALESCE(l.active_cases, 0),
        COALESCE(h.answered, 0), COALESCE(h.accepted, 0), COALESCE(h.timed, 0),
@@ -124,24 +128,110 @@ _TRIED = text("SELECT referral_id, service_id FROM tried WHERE referral_id IN :r
               ).bindparams(bindparam("rids", expanding=True))
 
 
-# A service in memory is one tuple, its ``Record``: the fields of ``domain.Candidate`` but
-# the load and history ones (always zero here), in ``_STATIC`` order, then the transaction
-# that wrote the version held (0: older than the index). A tuple costs a third less than
-# the candidate's instance dict, and most services are never returned by any lookup
-# (``_with_load`` makes the candidate of one that is).
+# A service's ``Record``: the fields of ``domain.Candidate`` but the load and history ones
+# (always zero here), in ``_STATIC`` order, then the transaction that wrote the version
+# (0: older than the index). What the parser makes, the overlay holds and ``_with_load``
+# makes a candidate of; the index keeps its services' records in a ``_Store``.
 Record = tuple[Any, ...]
 _STATIC = ("service_id", "organization_id", "categories", "status", "accepting",
            "capacity_max", "age_min", "age_max", "genders", "populations", "languages",
            "interpretation_available", "locations", "radius_km", "area_geohashes", "schedule")
 _CATEGORIES, _LOCATIONS, _RADIUS, _AREAS, _XACT = 2, 12, 13, 14, 16
-
-# what the buckets and ``_entries`` hold per service (one tuple, shared by all its buckets),
-# flat for the lookup loop: reach box (always-true bounds without one), and for a service
-# whose area is one radius around one location (the usual one) that location's latitude in
-# radians and its cosine, its longitude and the radius (radius None: the general area
-# check); then the record
-Probe = tuple[float, float, float, float, float, float, float, "float | None", Record]
 NO_BOX = (-91.0, 91.0, -181.0, 181.0)
+_HOT = 8  # doubles per slot in ``_Store.hot`` (64 bytes: what the lookup loop reads)
+
+
+class _Store:
+    """The index's services, one slot each: the record (``locations`` None for a simple
+    service, one radius around one location, the usual one) and, in one array of C
+    doubles, ``_HOT`` per slot, what the lookup loop reads of a simple service: its
+    location's latitude and longitude, the half-height and half-width of a box around its
+    disk centred on the location (a superset of ``cells.disk_cover``'s reach box: see
+    ``put``), the latitude in radians and its cosine, and the radius. Other services keep
+    their locations in the record, and their reach box and candidate (for the area check)
+    in ``others``.
+
+    A Python float costs 24 bytes and a one-point locations tuple ~180 bytes with its
+    floats: held per service (a candidate, and a tuple of floats per service for the
+    loop) they were most of the index's memory; the lookup makes the location's point
+    again for a service it returns (the same floats, so the same candidate)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record | None] = []
+        self.hot = array("d")
+        self.others: dict[int, tuple[float, float, float, float, domain.Candidate]] = {}
+        self.free: list[int] = []
+
+    def put(self, rec: Record) -> tuple[int, bool, list[Key]]:
+        """Store ``rec``: its slot, whether it is simple, and the buckets it sits in."""
+        box, keys, simple = placement(rec)
+        if self.free:
+            slot = self.free.pop()
+        else:
+            slot = len(self.records)
+            self.records.append(None)
+            self.hot.extend(_ZEROS)
+        if simple:
+            here, radius = rec[_LOCATIONS][0], rec[_RADIUS]
+            phi = math.radians(here.lat)
+            # every point of the reach box is within these of the location (a float
+            # difference is monotonic in the point), and the reach box holds the disk
+            half_lat, half_lon = ((math.inf, math.inf) if box is None else
+                                  (max(here.lat - box[0], box[1] - here.lat),
+                                   max(here.lon - box[2], box[3] - here.lon)))
+            start = slot * _HOT
+            self.hot[start:start + _HOT] = array("d", (
+                here.lat, here.lon, half_lat, half_lon, phi, math.cos(phi), radius, 0.0))
+            rec = (*rec[:_LOCATIONS], None, *rec[_LOCATIONS + 1:])
+        else:
+            self.others[slot] = (*(box or NO_BOX), candidate(rec))
+        self.records[slot] = rec
+        return slot, simple, keys
+
+    def record(self, slot: int) -> Record:
+        """The record stored in ``slot``, with its locations."""
+        rec = self.records[slot]
+        assert rec is not None
+        if rec[_LOCATIONS] is None:
+            rec = (*rec[:_LOCATIONS], self._here(slot), *rec[_LOCATIONS + 1:])
+        return rec
+
+    def _here(self, slot: int) -> tuple[domain.Point]:
+        here = object.__new__(domain.Point)  # without the frozen __init__'s setattrs
+        start = slot * _HOT
+        object.__setattr__(here, "__dict__", {"lat": self.hot[start],
+                                              "lon": self.hot[start + 1]})
+        return (here,)
+
+    def candidate(self, slot: int, load: Sequence[Any], hint: Any) -> domain.Candidate:
+        """``_with_load`` of the record in ``slot``."""
+        rec = self.records[slot]
+        assert rec is not None
+        return _with_load(rec, load, hint,
+                          self._here(slot) if rec[_LOCATIONS] is None else rec[_LOCATIONS])
+
+    def drop(self, slot: int) -> None:
+        self.records[slot] = None
+        self.others.pop(slot, None)
+        self.free.append(slot)
+
+
+_ZEROS = array("d", bytes(8 * _HOT))
+
+
+def placement(rec: Record) -> tuple[tuple[float, float, float, float] | None, list[Key], bool]:
+    """The reach box of a service, the buckets it sits in (the same every time for the
+    same record: ``_drop`` finds them again this way), and whether it is simple (one
+    radius around one location)."""
+    locations, radius, areas = rec[_LOCATIONS], rec[_RADIUS], rec[_AREAS]
+    if radius is not None and not areas and len(locations) == 1:
+        here = locations[0]
+        box, grid = cells.disk_cover(here.lat, here.lon, radius)
+        return box, [(category, g) for category in rec[_CATEGORIES] for g in grid], True
+    box = cells.reach_box([(p.lat, p.lon) for p in locations], radius, areas)
+    return box, list(entry_keys(candidate(rec))), False
+
+
 
 @dataclass
 class Found:
@@ -196,31 +286,18 @@ def record(c: domain.Candidate, xact: int = 0) -> Record:
     return (*(getattr(c, name) for name in _STATIC), xact)
 
 
-def make_entry(rec: Record) -> tuple[Probe, Collection[Key]]:
-    """What the index holds of a service, and the buckets it sits in (the same buckets
-    every time for the same record: ``_drop`` finds them again this way)."""
-    locations, radius, areas = rec[_LOCATIONS], rec[_RADIUS], rec[_AREAS]
-    if radius is not None and not areas and len(locations) == 1:
-        here = locations[0]  # the usual service: one radius around one location
-        box, grid = cells.disk_cover(here.lat, here.lon, radius)
-        keys = [(category, g) for category in rec[_CATEGORIES] for g in grid]
-        phi = math.radians(here.lat)
-        return (*(box or NO_BOX), phi, math.cos(phi), here.lon, radius, rec), keys
-    c = candidate(rec)
-    box = cells.reach_box([(p.lat, p.lon) for p in locations], radius, areas)
-    return (*(box or NO_BOX), 0.0, 0.0, 0.0, None, rec), entry_keys(c)
-
-
-def _with_load(rec: Record, load: Sequence[Any], hint: Any) -> domain.Candidate:
+def _with_load(rec: Record, load: Sequence[Any], hint: Any,
+               locations: tuple[domain.Point, ...]) -> domain.Candidate:
     """The candidate of ``rec`` with load and history (without the frozen dataclass'
     per-field ``__init__``: a tenth of the cost; runs once per candidate and decision), its
-    fields in declaration order, carrying the distance ``_covering`` computed
+    fields in declaration order, ``locations`` for the record's (``_Store`` holds none for
+    a simple service), carrying the distance ``_covering`` computed
     (``eligibility.NEAREST_HINT``) when it did."""
     d = {"service_id": rec[0], "organization_id": rec[1], "categories": rec[2],
          "status": rec[3], "accepting": rec[4], "capacity_max": rec[5],
          "open_offers": load[0], "active_cases": load[1], "age_min": rec[6],
          "age_max": rec[7], "genders": rec[8], "populations": rec[9], "languages": rec[10],
-         "interpretation_available": rec[11], "locations": rec[12], "radius_km": rec[13],
+         "interpretation_available": rec[11], "locations": locations, "radius_km": rec[13],
          "area_geohashes": rec[14], "schedule": rec[15], "answered": load[2],
          "accepted": load[3], "mean_response_s": load[5] / load[4] if load[4] else None}
     if hint is not None:
@@ -232,7 +309,7 @@ def _with_load(rec: Record, load: Sequence[Any], hint: Any) -> domain.Candidate:
 
 def candidate(rec: Record) -> domain.Candidate:
     """The candidate of ``rec``, with zero load and history."""
-    return _with_load(rec, LOAD_ZERO, None)
+    return _with_load(rec, LOAD_ZERO, None, rec[_LOCATIONS])
 
 
 class _Parser:
@@ -290,10 +367,12 @@ class DirectoryIndex:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._entries: dict[str, Probe] = {}
-        # a list per bucket, not a dict by service: a slot costs a sixth of a dict's, and a
-        # service leaves its buckets only when it changes or goes
-        self._buckets: dict[Key, list[Probe]] = {}
+        self._store = _Store()
+        self._slots: dict[str, int] = {}  # by service
+        # per bucket, the slots of its services (a service not simple: ~slot) as C ints, not
+        # a dict by service: an item costs 4 bytes, a dict's ~50, and a service leaves its
+        # buckets only when it changes or goes
+        self._buckets: dict[Key, array[int]] = {}
         # buckets per cell length (geohash keys) and per grid precision (grid keys): a
         # lookup reads only the prefixes some bucket can have
         self._lengths: dict[int, int] = {}
@@ -371,18 +450,22 @@ class DirectoryIndex:
                 if missing:
                     look.loads.update(self._read_loads(session, missing))
             totals = {need: self._totals(need, overlay) for need in {p.need for p in points}}
-        loads, tried = look.loads, look.tried
-        found = []
-        for (_need, _geohash, _at, rid), p, (statics, examined) in zip(
-                queries, points, covered, strict=True):
-            lat, lon = p.lat, p.lon
-            candidates = [_with_load(rec, loads.get(sid, LOAD_ZERO),
-                                     None if km is None else (lat, lon, km))
-                          for sid, rec, km in statics]
-            total, offering = totals[p.need]
-            pre = {"category": max(0, total - offering),
-                   "out_of_area": max(0, offering - len(candidates))}
-            found.append(Found(candidates, pre, frozenset(tried.get(rid, ())), examined))
+            loads, tried, store = look.loads, look.tried, self._store
+            found = []
+            for (_need, _geohash, _at, rid), p, (statics, examined) in zip(
+                    queries, points, covered, strict=True):
+                lat, lon = p.lat, p.lon
+                # made under the lock: a slot is another service's once this one changed
+                candidates = [
+                    store.candidate(held, loads.get(sid, LOAD_ZERO),
+                                    None if km is None else (lat, lon, km))
+                    if isinstance(held, int) else
+                    _with_load(held, loads.get(sid, LOAD_ZERO), None, held[_LOCATIONS])
+                    for sid, held, km in statics]
+                total, offering = totals[p.need]
+                pre = {"category": max(0, total - offering),
+                       "out_of_area": max(0, offering - len(candidates))}
+                found.append(Found(candidates, pre, frozenset(tried.get(rid, ())), examined))
         return found
 
     def candidates_for(self, session: Session, need: str, geohash: str,
@@ -394,49 +477,54 @@ class DirectoryIndex:
 
     def _covering(self, keys: Iterable[Key], point: Any,
                   overlay: dict[str, Record | None]
-                  ) -> tuple[list[tuple[str, Record, float | None]], int]:
+                  ) -> tuple[list[tuple[str, int | Record, float | None]], int]:
         """Services in the buckets whose area covers ``point`` (``eligibility.in_area``),
-        as (``service_id``, record, distance when it was computed), in ``service_id``
-        order; and how many distinct entries were examined.
+        as (``service_id``, slot or the overlay's record, distance when it was computed),
+        in ``service_id`` order; and how many distinct entries were examined.
 
-        A one-location radius service (a probe with a radius) sits in the buckets of one
-        grid precision only, and a point lies in one cell per precision, so it is met at
-        most once per lookup: only the other services need the ``seen`` set."""
+        A simple service (one radius around one location) sits in the buckets of one grid
+        precision only, and a point lies in one cell per precision, so it is met at most
+        once per lookup: only the other services need the ``seen`` set."""
         lat, lon = point.lat, point.lon
         radians, sin, asin, sqrt = math.radians, math.sin, math.asin, math.sqrt
         phi1 = radians(lat)
         cos1 = math.cos(phi1)
         seen: set[str] = set()
-        out: list[tuple[str, Record, float | None]] = []
+        out: list[tuple[str, int | Record, float | None]] = []
         simple = 0
-        buckets = self._buckets
+        buckets, store = self._buckets, self._store
+        records, hot, others = store.records, store.hot, store.others
         for key in keys:
             bucket = buckets.get(key)
             if not bucket:
                 continue
-            for probe in bucket:
-                lat_min, lat_max, lon_min, lon_max, phi2, cos2, slon, radius, rec = probe
-                if radius is None:
-                    sid = rec[0]
+            for slot in bucket:
+                if slot < 0:  # not simple
+                    slot = ~slot
+                    sid = records[slot][0]  # type: ignore[index]
                     if sid in seen:
                         continue
                     seen.add(sid)
+                    lat_min, lat_max, lon_min, lon_max, c = others[slot]
                     if (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max
-                            and not (overlay and sid in overlay)
-                            and in_area(point, candidate(rec))):
-                        out.append((sid, rec, None))
+                            and not (overlay and sid in overlay) and in_area(point, c)):
+                        out.append((sid, slot, None))
                     continue
                 simple += 1
-                if not (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max):
+                at = slot * 8  # * _HOT
+                slon = hot[at + 1]
+                if abs(lat - hot[at]) > hot[at + 2] or abs(lon - slon) > hot[at + 3]:
                     continue
-                if overlay and rec[0] in overlay:
+                sid = records[slot][0]  # type: ignore[index]
+                if overlay and sid in overlay:
                     continue
                 # in_area of a one-location radius service: eligibility.haversine_km's
                 # arithmetic, operation for operation (the same float), inline
-                a = sin((phi2 - phi1) / 2) ** 2 + cos1 * cos2 * sin(radians(slon - lon) / 2) ** 2
+                a = (sin((hot[at + 4] - phi1) / 2) ** 2
+                     + cos1 * hot[at + 5] * sin(radians(slon - lon) / 2) ** 2)
                 km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))
-                if km <= radius:
-                    out.append((rec[0], rec, km))
+                if km <= hot[at + 6]:
+                    out.append((sid, slot, km))
         for sid, staged in overlay.items():
             if (staged is not None and point.need in staged[_CATEGORIES]
                     and in_area(point, candidate(staged))):
@@ -447,10 +535,10 @@ class DirectoryIndex:
     def _totals(self, need: str, overlay: dict[str, Record | None]) -> tuple[int, int]:
         total, offering = self._counts.get(ALL, 0), self._counts.get(need, 0)
         for sid, staged in overlay.items():
-            held = self._entries.get(sid)
+            held = self._slots.get(sid)
             if held is not None:
                 total -= 1
-                offering -= need in held[-1][_CATEGORIES]
+                offering -= need in self._store.records[held][_CATEGORIES]  # type: ignore[index]
             if staged is not None:
                 total += 1
                 offering += need in staged[_CATEGORIES]
@@ -514,7 +602,8 @@ class DirectoryIndex:
         """Apply what changed since the last look; True if memory changed."""
         assert self._snapshot is not None
         pending = {sid for sid, xact in look.changes if sid not in overlay
-                   and ((held := self._entries.get(sid)) is None or held[-1][_XACT] != xact)}
+                   and ((held := self._slots.get(sid)) is None
+                        or self._store.records[held][_XACT] != xact)}  # type: ignore[index]
         if self._recheck:
             pending |= self._recheck - overlay.keys()
         if pending:
@@ -588,7 +677,8 @@ class DirectoryIndex:
 
     # --- memory ------------------------------------------------------------------------------
     def _clear(self) -> None:
-        self._entries.clear()
+        self._store = _Store()
+        self._slots.clear()
         self._buckets.clear()
         self._lengths.clear()
         self._precisions.clear()
@@ -598,31 +688,35 @@ class DirectoryIndex:
     def _put(self, rec: Record) -> None:
         sid = rec[0]
         self._drop(sid)
-        probe, keys = make_entry(rec)
-        self._entries[sid] = probe
+        slot, simple, keys = self._store.put(rec)
+        self._slots[sid] = slot
+        held = slot if simple else ~slot
         buckets = self._buckets
         for key in keys:
             bucket = buckets.get(key)
             if bucket is None:
-                bucket = buckets[key] = []
+                bucket = buckets[key] = array("i")
                 self._level(key, 1)
-            bucket.append(probe)
+            bucket.append(held)
         counts = self._counts
         counts[ALL] = counts.get(ALL, 0) + 1
         for category in rec[_CATEGORIES]:
             counts[category] = counts.get(category, 0) + 1
 
     def _drop(self, sid: str) -> None:
-        probe = self._entries.pop(sid, None)
-        if probe is None:
+        slot = self._slots.pop(sid, None)
+        if slot is None:
             return
-        rec = probe[-1]
-        for key in make_entry(rec)[1]:  # the buckets ``_put`` placed it in
+        rec = self._store.record(slot)
+        _box, keys, simple = placement(rec)  # the buckets ``_put`` placed it in
+        held = slot if simple else ~slot
+        for key in keys:
             bucket = self._buckets[key]
-            del bucket[next(i for i, held in enumerate(bucket) if held is probe)]
+            bucket.remove(held)
             if not bucket:
                 del self._buckets[key]
                 self._level(key, -1)
+        self._store.drop(slot)
         counts = self._counts
         counts[ALL] -= 1
         for category in rec[_CATEGORIES]:
@@ -650,7 +744,7 @@ class DirectoryIndex:
         return keys
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slots)
 
 
 def _service_ids(covered: Sequence[tuple[list[tuple[str, Any, Any]], int]]) -> list[str]:

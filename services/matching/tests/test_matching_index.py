@@ -90,6 +90,46 @@ def test_memory_and_database_indexes_find_the_same_candidates(any_db: Database) 
     assert len(memory) == 150 and memory.loads == 1
 
 
+def _bucketed(memory: DirectoryIndex) -> dict[Any, list[str]]:
+    """Which services each bucket of ``memory`` holds (by service id)."""
+    store = memory._store
+    return {key: sorted(store.records[held if held >= 0 else ~held][0]  # type: ignore[index]
+                        for held in bucket)
+            for key, bucket in memory._buckets.items()}
+
+
+def test_memory_followed_through_changes_holds_what_a_fresh_load_holds(
+        any_db: Database) -> None:
+    """Services changed (moved, re-shaped: one radius and one location or not), removed and
+    added by another worker, followed change by change (slots freed and taken again): the
+    same candidates as the database's index, and the same services in the same buckets as
+    an index loaded afresh."""
+    rng = random.Random(20261205)
+    upsert(any_db, *(_random_service(i, rng) for i in range(120)))
+    memory = DirectoryIndex()
+    with any_db.transaction() as session:
+        memory.lookup(session, "food", _cell())  # loads it
+    for i in rng.sample(range(120), 30):
+        with any_db.transaction() as session:
+            handlers.on_service_removed(session, service_removed(f"svc-{i:03d}"))
+    upsert_elsewhere(any_db, *(_random_service(i, rng) for i in rng.sample(range(120), 60)),
+                     *(_random_service(i, rng) for i in range(120, 140)))
+    for _ in range(40):
+        where = geo.coarsen(HOME[0] + rng.uniform(-1.5, 1.5), HOME[1] + rng.uniform(-2.5, 2.5))
+        need = rng.choice(["housing", "food", "legal"])
+        with any_db.transaction() as session:
+            found = memory.lookup(session, need, where["geohash"],
+                                  (where["lat"], where["lon"]))
+            from_db, pre = directory.candidates_for(session, need, where["geohash"], None,
+                                                    (where["lat"], where["lon"]))
+        assert found.candidates == from_db and found.pre == pre, (need, where)
+    fresh = DirectoryIndex()
+    with any_db.transaction() as session:
+        fresh.lookup(session, "food", _cell())
+    assert memory.loads == 1 and len(memory) == len(fresh)
+    assert _bucketed(memory) == _bucketed(fresh)
+
+
 def apply_submit(db: Database, **kwargs: Any) -> str:
     env = referral_submitted(**kwargs)
     apply(db, handlers.on_referral_submitted, env)
