@@ -195,8 +195,9 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.send_timeout_s = send_timeout_s
         self.outbox: Table = db.metadata.tables["outbox"]
+        self._postgresql = db.engine.dialect.name == "postgresql"
         self._claim_sql, self._sent_sql, self._failed_sql = _relay_statements(
-            self.outbox, db.engine.dialect.name == "postgresql")
+            self.outbox, self._postgresql)
         # Test hook: called after the broker acknowledged and before rows are marked sent.
         self.after_send: Callable[[list[int]], None] | None = None
         self._held_back = False  # last claim skipped rows behind another relay's
@@ -213,9 +214,8 @@ class OutboxRelay:
     def _run(self, stop: threading.Event) -> None:
         failures = 0
         next_gauge = next_listen = 0.0
-        listens = self.db.engine.dialect.name == "postgresql"
         while not stop.is_set():
-            if listens and self._waker is None and time.monotonic() >= next_listen:
+            if self._postgresql and self._waker is None and time.monotonic() >= next_listen:
                 self._waker = _Waker.start(self.db, self.outbox.name)
                 next_listen = time.monotonic() + LISTEN_RETRY_S
             if time.monotonic() >= next_gauge:  # the whole backlog, not only this batch
@@ -265,7 +265,7 @@ class OutboxRelay:
 
     def _claim(self, session: Session) -> list[Any]:
         rows = list(session.execute(self._claim_sql, {"n": self.batch_size}))
-        if session.get_bind().dialect.name != "postgresql":
+        if not self._postgresql:
             return rows
         # Keep per-key order: skip keys whose older unsent rows are claimed by another relay
         # (each row comes with its key's oldest unsent id, read in the same statement).
