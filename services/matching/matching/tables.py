@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -26,7 +26,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -153,10 +152,6 @@ decisions = Table(
 
 
 # --- repository: services and load -----------------------------------------------------------
-def _rowcount(result: Result[Any]) -> int:
-    return int(cast(CursorResult[Any], result).rowcount)
-
-
 def upsert_service(session: Session, row: dict[str, Any], categories: list[str]) -> bool:
     """Store a snapshot unless a newer one is already stored (then False)."""
     stmt = upsert(session, service_view).values(**row)
