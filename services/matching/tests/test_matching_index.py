@@ -71,19 +71,25 @@ def _random_service(i: int, rng: random.Random) -> events.Envelope:
         organization_id=f"org-{i % 7}")
 
 
+def _looks_like_database(db: Database, memory: DirectoryIndex, rng: random.Random,
+                         needs: list[str]) -> None:
+    """One lookup of a random need at a random point near HOME: ``memory`` finds the
+    candidates and counts the database's index finds."""
+    where = geo.coarsen(HOME[0] + rng.uniform(-1.5, 1.5), HOME[1] + rng.uniform(-2.5, 2.5))
+    need = rng.choice(needs)
+    with db.transaction() as session:
+        found = memory.lookup(session, need, where["geohash"], (where["lat"], where["lon"]))
+        from_db, pre = directory.candidates_for(session, need, where["geohash"], None,
+                                                (where["lat"], where["lon"]))
+    assert found.candidates == from_db and found.pre == pre, (need, where)
+
+
 def test_memory_and_database_indexes_find_the_same_candidates(any_db: Database) -> None:
     rng = random.Random(20261127)
     upsert(any_db, *(_random_service(i, rng) for i in range(150)))
     memory = DirectoryIndex()
     for k in range(60):
-        where = geo.coarsen(HOME[0] + rng.uniform(-1.5, 1.5), HOME[1] + rng.uniform(-2.5, 2.5))
-        need = rng.choice(["housing", "food", "legal", "debt"])
-        with any_db.transaction() as session:
-            found = memory.lookup(session, need, where["geohash"],
-                                  (where["lat"], where["lon"]))
-            from_db, pre = directory.candidates_for(session, need, where["geohash"], None,
-                                                    (where["lat"], where["lon"]))
-        assert found.candidates == from_db and found.pre == pre, (need, where)
+        _looks_like_database(any_db, memory, rng, ["housing", "food", "legal", "debt"])
         if k == 30:  # load moves: both read it from the database
             rid = apply_submit(any_db, need="food")
             assert routing_events(any_db, rid)
@@ -115,14 +121,7 @@ def test_memory_followed_through_changes_holds_what_a_fresh_load_holds(
     upsert_elsewhere(any_db, *(_random_service(i, rng) for i in rng.sample(range(120), 60)),
                      *(_random_service(i, rng) for i in range(120, 140)))
     for _ in range(40):
-        where = geo.coarsen(HOME[0] + rng.uniform(-1.5, 1.5), HOME[1] + rng.uniform(-2.5, 2.5))
-        need = rng.choice(["housing", "food", "legal"])
-        with any_db.transaction() as session:
-            found = memory.lookup(session, need, where["geohash"],
-                                  (where["lat"], where["lon"]))
-            from_db, pre = directory.candidates_for(session, need, where["geohash"], None,
-                                                    (where["lat"], where["lon"]))
-        assert found.candidates == from_db and found.pre == pre, (need, where)
+        _looks_like_database(any_db, memory, rng, ["housing", "food", "legal"])
     fresh = DirectoryIndex()
     with any_db.transaction() as session:
         fresh.lookup(session, "food", _cell())
