@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -203,3 +204,17 @@ def http_client(base: str, kind: str = "http.client") -> Any:
             conn.close()
         return int(resp.status), data
     return send
+
+
+def report_passes(label: str, passes: list[tuple[float, float, int]], run: int, per: str,
+                  detail: str = "") -> None:
+    """Print a cost script's passes, each (client CPU s, backend CPU s, statements) per run
+    of ``run`` items: medians per item (a ``per``), then each pass's CPU per run."""
+    cpu = statistics.median(p[0] for p in passes) / run * 1e6
+    db_cpu = statistics.median(p[1] for p in passes) / run * 1e6
+    statements = statistics.median(p[2] for p in passes)
+    print(f"{label}: {cpu:.0f} us client CPU + {db_cpu:.0f} us backend CPU per {per} "
+          f"(median of {len(passes)} passes{' of ' + detail if detail else ''}); "
+          f"{statements:.0f} statements per run of {run} ({statements / run:.2f} per {per}); "
+          f"client CPU per run by pass {[round(p[0] * 1e3, 2) for p in passes]} ms, "
+          f"backend {[round(p[1] * 1e3, 2) for p in passes]} ms")

@@ -15,7 +15,6 @@ the end).
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
-from benchlib import backends_cpu_s, pids_cpu_s, scratch_database
+from benchlib import backends_cpu_s, pids_cpu_s, report_passes, scratch_database
 
 from matching import bootstrap, consumers, handlers, tables
 from matching.decide import Policy
@@ -150,17 +149,6 @@ def _runner_pass(db: Database, offers: list[events.Envelope], batched: bool, run
             round(statements / len(polls)))
 
 
-def _report(label: str, passes: list[tuple[float, float, int]], run: int, detail: str
-            ) -> None:
-    cpu = statistics.median(p[0] for p in passes) / run * 1e6
-    db_cpu = statistics.median(p[1] for p in passes) / run * 1e6
-    statements = statistics.median(p[2] for p in passes)
-    print(f"{label}: {cpu:.0f} us client CPU + {db_cpu:.0f} us backend CPU per event "
-          f"(median of {len(passes)} passes of {detail}); {statements:.0f} statements per "
-          f"run; client CPU per run by pass {[round(p[0] * 1e3, 2) for p in passes]} ms, "
-          f"backend {[round(p[1] * 1e3, 2) for p in passes]} ms")
-
-
 def main(run: int = 50, reps: int = 5, runs: int = 20) -> None:
     with scratch_database("bench_status") as (_name, url):
         run_migrations(url, bootstrap.MIGRATIONS)
@@ -189,8 +177,8 @@ def main(run: int = 50, reps: int = 5, runs: int = 20) -> None:
                 for batched in (False, True):
                     found[batched].append(_pass(db, offers, batched, runs, counter))
             for batched in (False, True):
-                _report(f"handler, {'handle_many' if batched else 'one at a time'}",
-                        found[batched][1:], run, f"{runs} runs of {run}")
+                report_passes(f"handler, {'handle_many' if batched else 'one at a time'}",
+                              found[batched][1:], run, "event", f"{runs} runs of {run}")
             through: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
             first = run + 1
             for _ in range(reps + 1):
@@ -199,8 +187,9 @@ def main(run: int = 50, reps: int = 5, runs: int = 20) -> None:
                     first += run * runs
                     through[batched].append(_runner_pass(db, fresh, batched, run, counter))
             for batched in (False, True):
-                _report(f"consumer runner, {'handle_many' if batched else 'one at a time'}",
-                        through[batched][1:], run, f"{runs} polls of {run} records")
+                report_passes(
+                    f"consumer runner, {'handle_many' if batched else 'one at a time'}",
+                    through[batched][1:], run, "event", f"{runs} polls of {run} records")
         finally:
             db.dispose()
 

@@ -16,7 +16,6 @@ tests (and ``bench``); uses the local PostgreSQL (a fresh database, dropped at t
 from __future__ import annotations
 
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from benchlib import backends_cpu_s, pids_cpu_s, scratch_database
+from benchlib import backends_cpu_s, pids_cpu_s, report_passes, scratch_database
 from cost_status_changes import HOME, _service
 
 from matching import bootstrap, consumers, handlers, tables
@@ -98,16 +97,6 @@ def _runner_pass(db: Database, policy: Policy, envs: list[events.Envelope], run:
             round(counter[0] / len(polls)))
 
 
-def _report(label: str, passes: list[tuple[float, float, int]], run: int) -> None:
-    cpu = statistics.median(p[0] for p in passes) / run * 1e6
-    db_cpu = statistics.median(p[1] for p in passes) / run * 1e6
-    statements = statistics.median(p[2] for p in passes)
-    print(f"{label}: {cpu:.0f} us client CPU + {db_cpu:.0f} us backend CPU per submission "
-          f"(median of {len(passes)} passes); {statements:.0f} statements per run of {run} "
-          f"({statements / run:.2f} per submission); client CPU per run by pass "
-          f"{[round(p[0] * 1e3, 2) for p in passes]} ms")
-
-
 def main(run: int = 50, reps: int = 5, runs: int = 10) -> None:
     with scratch_database("bench_submit") as (_name, url):
         run_migrations(url, bootstrap.MIGRATIONS)
@@ -138,15 +127,15 @@ def main(run: int = 50, reps: int = 5, runs: int = 10) -> None:
                 for batched in (False, True):
                     found[batched].append(_pass(db, policy, envs, batched, runs, counter))
             for batched in (False, True):
-                _report(f"handler, {'handle_many' if batched else 'one at a time'}",
-                        found[batched][1:], run)
+                report_passes(f"handler, {'handle_many' if batched else 'one at a time'}",
+                              found[batched][1:], run, "submission")
             through = []
             first = 10_000
             for _ in range(reps + 1):
                 fresh = [_submitted(n, rng) for n in range(first, first + run * runs)]
                 first += run * runs
                 through.append(_runner_pass(db, policy, fresh, run, counter))
-            _report("consumer runner (batches)", through[1:], run)
+            report_passes("consumer runner (batches)", through[1:], run, "submission")
         finally:
             db.dispose()
 
