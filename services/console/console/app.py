@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from flask import Flask, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -13,7 +12,7 @@ from servicekit import logs
 from servicekit.auth import TokenVerifier
 
 from . import forms
-from .client import ApiError, SessionExpired, Unavailable
+from .client import ApiError, SessionExpired, Unavailable, http_session
 from .config import SERVICE, ConsoleConfig, load_config
 from .security import init_security, to_sign_in
 from .views import admin, auth, live, officer, provider, supervisor
@@ -64,7 +63,7 @@ def create_app(config: ConsoleConfig | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # chart data keeps its order
     app.extensions["console"] = config
     app.extensions["verifier"] = TokenVerifier.from_settings(config.settings)
-    app.extensions["http"] = requests.Session()
+    app.extensions["http"] = http_session()
     init_security(app, config.secure_cookies)
     app.jinja_env.filters["when"] = _when
     app.jinja_env.globals["status_label"] = forms.plain_status

@@ -11,8 +11,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 _ROUTE_MISSING = "requested URL was not found"
+
+
+def http_session() -> requests.Session:
+    """The console's pooled HTTP session to the apis. An idempotent call (GET, PUT, DELETE,
+    HEAD...; urllib3's default set, never POST) that fails before any answer comes is sent
+    once more: a pooled keep-alive connection the api closes as idle (gunicorn keeps one 2 s)
+    just as a request goes out fails that request, and the page said the service "did not
+    answer" while it was up."""
+    session = requests.Session()
+    retry = Retry(total=1, connect=1, read=1, status=0, other=0, redirect=0,
+                  backoff_factor=0, raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 @dataclass
@@ -58,7 +75,7 @@ class ApiClient:
     def __init__(self, urls: dict[str, str], token: str | None, timeout_s: float,
                  http: requests.Session | None = None) -> None:
         self._urls, self._token, self._timeout = urls, token, timeout_s
-        self._http = http or requests.Session()
+        self._http = http or http_session()
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}

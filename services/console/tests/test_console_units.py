@@ -2,6 +2,9 @@
 figures, the SSE parser, and how API answers become errors (no I/O beyond a local app)."""
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from console_testkit import Served
 from werkzeug.datastructures import MultiDict
@@ -120,3 +123,44 @@ def test_a_missing_route_is_unavailable_but_a_missing_record_is_an_error() -> No
         assert down.value.status == 503
     finally:
         served.close()
+
+
+class _DropsEveryOtherConnection:
+    """An HTTP server on a raw socket that closes every other connection it accepts without
+    answering (as an api closing an idle keep-alive connection just as a request comes)
+    and answers the others with a small JSON body; counts what it accepted."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.recv(65536)
+                if self.accepted % 2:
+                    continue  # closed unanswered
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 12\r\nConnection: close\r\n\r\n{\"ok\": true}")
+
+
+def test_an_idempotent_call_dropped_unanswered_is_sent_once_more_but_a_post_is_not() -> None:
+    server = _DropsEveryOtherConnection()
+    try:
+        client = ApiClient({"fake": server.url}, "token", 5)
+        assert client.get("fake", "/v1/things") == {"ok": True}
+        assert server.accepted == 2  # dropped, then answered
+        assert client.put("fake", "/v1/things/x/capacity", {"maximum": 1}) == {"ok": True}
+        assert server.accepted == 4
+        with pytest.raises(ApiError) as down:  # a POST is never sent twice by the client
+            client.post("fake", "/v1/referrals", {})
+        assert down.value.status == 503 and server.accepted == 5
+    finally:
+        server.sock.close()
